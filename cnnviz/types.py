@@ -88,6 +88,8 @@ class Attribution:
         notes: human-readable facts about how it was computed (rules, layer, why).
         layer: the layer the map was taken from (``"input"`` for gradient methods).
         input_size: (H, W) of the input batch.
+        offset: for ``cam``, the (B,) folded bias ``b_c`` such that
+            ``raw.mean((-2, -1)) + offset == logit_c`` (Zhou et al.'s identity); else None.
     """
 
     method: str
@@ -95,6 +97,7 @@ class Attribution:
     notes: tuple[str, ...] = ()
     layer: str = ""
     input_size: tuple[int, int] = (0, 0)
+    offset: torch.Tensor | None = None
 
     @property
     def is_spatial_map(self) -> bool:

@@ -1,0 +1,278 @@
+"""Run a model once and keep what the methods need, with no lasting side effects.
+
+Three scoped tools live here:
+
+* `ActivationRules`, a `torch.overrides.TorchFunctionMode` that sees every activation call,
+  module (`nn.ReLU`, `nn.SiLU`...) and functional (`F.relu`, `x.relu()`...) alike, records its
+  kind and, when asked, routes it through an autograd function whose backward rule can be
+  switched between the plain gradient, guided backpropagation and the deconvnet rule. One
+  forward graph then serves all three backward passes. The user's modules are never replaced.
+* `model_guard`, which puts a model in eval mode for one call and restores every module's
+  `training` flag afterwards, and checks that no parameter `.grad` appeared.
+* `capture_outputs`, forward hooks registered for one call on named modules, removed in
+  ``finally``; they only record in the thread that registered them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+RULES = ("plain", "guided", "deconv")
+
+# The rectifier-like activations whose backward rule guided backprop and deconvnet change.
+# kind -> (pure out-of-place function, names of its arguments after the input)
+_RECTIFIERS: dict[str, tuple[Callable[..., torch.Tensor], tuple[str, ...]]] = {
+    "relu": (lambda x: torch.relu(x), ()),
+    "relu6": (lambda x: F.hardtanh(x, 0.0, 6.0), ()),
+    "hardtanh": (F.hardtanh, ("min_val", "max_val")),
+    "leaky_relu": (F.leaky_relu, ("negative_slope",)),
+    "elu": (F.elu, ("alpha",)),
+    "celu": (F.celu, ("alpha",)),
+    "selu": (lambda x: F.selu(x), ()),
+    "gelu": (F.gelu, ("approximate",)),
+    "silu": (lambda x: F.silu(x), ()),
+    "mish": (lambda x: F.mish(x), ()),
+    "hardswish": (lambda x: F.hardswish(x), ()),
+    "softplus": (F.softplus, ("beta", "threshold")),
+}
+
+# Gates and squashing functions: recorded, but their gradient is always the plain one.
+_GATES = ("sigmoid", "hardsigmoid", "tanh", "softmax")
+
+
+def _function_table() -> dict[object, str]:
+    """Every callable through which an activation reaches torch, mapped to its kind."""
+    table: dict[object, str] = {}
+    names = {
+        "relu": ["relu", "relu_"],
+        "relu6": ["relu6"],
+        "hardtanh": ["hardtanh", "hardtanh_"],
+        "leaky_relu": ["leaky_relu", "leaky_relu_"],
+        "elu": ["elu", "elu_"],
+        "celu": ["celu", "celu_"],
+        "selu": ["selu", "selu_"],
+        "gelu": ["gelu"],
+        "silu": ["silu"],
+        "mish": ["mish"],
+        "hardswish": ["hardswish"],
+        "softplus": ["softplus"],
+        "sigmoid": ["sigmoid", "sigmoid_"],
+        "hardsigmoid": ["hardsigmoid"],
+        "tanh": ["tanh", "tanh_"],
+        "softmax": ["softmax"],
+    }
+    for kind, fnames in names.items():
+        for fname in fnames:
+            for owner in (F, torch, torch.Tensor, torch._C._nn):
+                fn = getattr(owner, fname, None)
+                if fn is not None:
+                    table[fn] = kind
+    return table
+
+
+_TABLE = _function_table()
+
+
+def rule_note(kind: str, rule: str) -> str:
+    """How a backward rule treats one activation kind, in words."""
+    if kind in _GATES or rule == "plain":
+        return f"{kind}: plain gradient"
+    if rule == "deconv":
+        return f"{kind}: ReLU(grad_out), the input is ignored" + (
+            " (Zeiler & Fergus)" if kind == "relu" else ""
+        )
+    if kind == "relu":
+        return "relu: 1[x>0] * ReLU(grad_out) (Springenberg et al.)"
+    return f"{kind}: {kind}'(x) * ReLU(grad_out), the local derivative times the positive part"
+
+
+class _RuleState:
+    """Which backward rule the activations apply; shared by one forward graph."""
+
+    def __init__(self) -> None:
+        self.rule = "plain"
+
+
+class _SwitchableActivation(torch.autograd.Function):
+    """An activation whose backward rule is read from a `_RuleState` at backward time."""
+
+    @staticmethod
+    def forward(ctx, x, fn, state):
+        ctx.fn = fn
+        ctx.state = state
+        ctx.save_for_backward(x)
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        rule = ctx.state.rule
+        if rule == "deconv":
+            return grad_out.clamp(min=0), None, None
+        if rule == "guided":
+            grad_out = grad_out.clamp(min=0)
+        # The exact local derivative, from torch's own backward formula for the function.
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(True)
+            (grad_in,) = torch.autograd.grad(ctx.fn(xd), xd, grad_out)
+        return grad_in, None, None
+
+
+class ActivationRules(TorchFunctionMode):
+    """Record activation kinds; with ``switchable=True`` also make their backward rule switchable.
+
+    Use as a context manager around one forward pass, then set ``.rule`` before each backward.
+    In-place activations are computed out of place so that autograd can keep their input.
+    """
+
+    def __init__(self, switchable: bool = False) -> None:
+        super().__init__()
+        self.switchable = switchable
+        self.state = _RuleState()
+        self.kinds: set[str] = set()
+
+    @property
+    def rule(self) -> str:
+        return self.state.rule
+
+    @rule.setter
+    def rule(self, value: str) -> None:
+        if value not in RULES:
+            raise ValueError(f"unknown backward rule {value!r}; known: {', '.join(RULES)}")
+        self.state.rule = value
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        kind = _TABLE.get(func)
+        if kind is None:
+            return func(*args, **kwargs)
+        self.kinds.add(kind)
+        x = args[0] if args else kwargs.get("input")
+        if not (self.switchable and kind in _RECTIFIERS and isinstance(x, torch.Tensor)):
+            return func(*args, **kwargs)
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return func(*args, **kwargs)
+        pure, params = _RECTIFIERS[kind]
+        bound = {k: v for k, v in zip(params, args[1:], strict=False)}
+        bound.update({k: v for k, v in kwargs.items() if k in params})
+        fn = (lambda t, _p=pure, _b=bound: _p(t, **_b)) if bound else pure
+        return _SwitchableActivation.apply(x, fn, self.state)
+
+
+def describe_rules(kinds: set[str] | tuple[str, ...], rule: str) -> tuple[str, ...]:
+    """Notes naming the rule applied to each activation kind present."""
+    return tuple(rule_note(k, rule) for k in sorted(kinds))
+
+
+def has_rectifiers(kinds: set[str] | tuple[str, ...]) -> bool:
+    return any(k in _RECTIFIERS for k in kinds)
+
+
+@contextmanager
+def model_guard(model: nn.Module) -> Iterator[None]:
+    """Eval mode for one call; training flags and parameter gradients as they were afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    grads_before = [p.grad for p in model.parameters()]
+    requires = [p.requires_grad for p in model.parameters()]
+    if any(t for _, t in flags):
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, t in flags:
+            if m.training != t:
+                m.training = t
+        for p, g, r in zip(model.parameters(), grads_before, requires, strict=True):
+            if p.grad is not g:
+                p.grad = g
+            if p.requires_grad != r:
+                p.requires_grad_(r)
+
+
+@dataclass
+class Captured:
+    """Outputs of named modules recorded during one forward, in call order."""
+
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def capture_outputs(
+    model: nn.Module,
+    names: list[str] | tuple[str, ...] | None = None,
+    keep: Callable[[str, torch.Tensor], bool] | None = None,
+) -> Iterator[Captured]:
+    """Record the tensor outputs of named modules (all modules when `names` is None).
+
+    The hook hands a clone downstream and keeps the original, so a later in-place operation
+    cannot change what was captured and gradients still flow to it. Hooks only act in the
+    thread that registered them, and are removed on exit whatever happens.
+    """
+    captured = Captured()
+    owner = threading.get_ident()
+    modules = dict(model.named_modules())
+    wanted = list(modules) if names is None else list(names)
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module, inputs, output):
+            if threading.get_ident() != owner or not isinstance(output, torch.Tensor):
+                return None
+            if keep is not None and not keep(name, output):
+                return None
+            if name in captured.outputs:  # a module called twice: keep the last call
+                captured.order.remove(name)
+            captured.outputs[name] = output
+            captured.order.append(name)
+            return output.clone()
+
+        return hook
+
+    try:
+        for name in wanted:
+            if name:
+                handles.append(modules[name].register_forward_hook(make_hook(name)))
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass
+class Passes:
+    """What one `explain` call computed, shared by all requested methods.
+
+    Attributes:
+        x: the input batch (B, 3, H, W).
+        logits: (B, K), detached.
+        targets: (B,) long.
+        map: canonical (B, C, h, w) feature map at the chosen layer (detached), or None.
+        map_grad: d score / d map, canonical, plain rule, or None.
+        input_grads: rule -> d score / d x.
+        rule_notes: rule -> notes naming the rule used for each activation kind present.
+        fold: the CAM head fold of the model (see `cnnviz.anatomy.HeadFold`), or None.
+        layer: name of the layer the map comes from.
+        layer_notes: why that layer.
+        kinds: activation kinds seen in this forward.
+    """
+
+    x: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+    layer: str
+    map: torch.Tensor | None = None
+    map_grad: torch.Tensor | None = None
+    input_grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    rule_notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    fold: object | None = None
+    layer_notes: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()

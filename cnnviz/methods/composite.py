@@ -1,0 +1,31 @@
+"""Methods composed of others."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from ..capture import Passes
+from .cam import _grad_cam_check, grad_cam_map
+from .registry import register_method
+
+
+@register_method(
+    id="guided_grad_cam",
+    label="Guided Grad-CAM",
+    family="gradient",
+    paper="Selvaraju et al., 'Grad-CAM: Visual Explanations from Deep Networks via Gradient-based "
+    "Localization', ICCV 2017 (section 3.1)",
+    url="https://arxiv.org/abs/1610.02391",
+    formula=r"G^c(x) = R_{\text{guided}}(x) \odot \mathrm{up}\big(L^c_{\text{Grad-CAM}}\big)",
+    summary="Guided backpropagation masked by the bilinearly upsampled Grad-CAM: fine detail, "
+    "restricted to the class-discriminative region.",
+    cost="1 forward + 2 backward passes (shared with guided_backprop and grad_cam)",
+    requires=("a classifier", "a spatial map at the layer"),
+    needs={"map", "map_grad", "grad:guided"},
+    check=_grad_cam_check,
+)
+def guided_grad_cam(passes: Passes):
+    cam = grad_cam_map(passes)
+    up = F.interpolate(cam[:, None], size=passes.x.shape[-2:], mode="bilinear", align_corners=False)
+    notes = [f"Grad-CAM layer: {passes.layer}", *passes.rule_notes.get("guided", ())]
+    return passes.input_grads["guided"] * up, tuple(notes)
