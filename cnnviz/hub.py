@@ -1,0 +1,144 @@
+"""Building timm modules with real or random weights, honouring the Hugging Face Hub environment.
+
+Real weights go through timm's own pretrained loading (``timm.create_model(name, pretrained=True)``),
+which downloads over ``huggingface_hub`` and prefers safetensors. ``huggingface_hub`` reads
+``HF_HUB_OFFLINE`` and the cache location once, at import; cnnviz reads them at each call instead, so
+that a setting made after import (a notebook cell, a test) is honoured: the cache directory is passed
+to timm explicitly and the offline flag is set on ``huggingface_hub.constants`` for the duration of
+the load, under a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
+from timm.models import get_pretrained_cfg, is_model_pretrained
+from torch import nn
+
+_HUB_LOCK = threading.Lock()
+_RNG_LOCK = threading.Lock()
+_TRUE = {"1", "ON", "YES", "TRUE"}
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.safetensors", "pytorch_model.bin")
+_HINT = "set CNNVIZ_WEIGHTS=auto or random to use random weights"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights cannot be had (offline without a cache, no network, no such weights).
+
+    The message is one line: the model, the reason, and how to use random weights instead.
+
+    Attributes:
+        name: the timm model name.
+        reason: why, without the hint (e.g. ``offline and not in the Hugging Face cache ...``).
+    """
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+        super().__init__(f"cannot load pretrained weights for {name}: {reason}; {_HINT}")
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """Where the Hub cache is and whether the Hub may be contacted, as the environment says now.
+
+    Attributes:
+        cache_dir: the Hub cache (``HF_HUB_CACHE``, else ``HUGGINGFACE_HUB_CACHE``, else
+            ``$HF_HOME/hub``, else huggingface_hub's default).
+        offline: ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is true.
+    """
+
+    cache_dir: str
+    offline: bool
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> HubSettings:
+        env = os.environ if env is None else env
+        if env.get("HF_HUB_CACHE"):
+            cache = env["HF_HUB_CACHE"]
+        elif env.get("HUGGINGFACE_HUB_CACHE"):
+            cache = env["HUGGINGFACE_HUB_CACHE"]
+        elif env.get("HF_HOME"):
+            cache = os.path.join(env["HF_HOME"], "hub")
+        else:
+            cache = hf_constants.HF_HUB_CACHE
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            if env.get(name):
+                offline = env[name].strip().upper() in _TRUE
+                break
+        else:
+            offline = bool(hf_constants.HF_HUB_OFFLINE)
+        return cls(cache_dir=os.path.expandvars(os.path.expanduser(cache)), offline=offline)
+
+
+def weights_in_cache(name: str, settings: HubSettings) -> bool:
+    """Whether the files timm would read for `name`'s weights are already on disk."""
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return False
+    if cfg.hf_hub_id:
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        files = _WEIGHT_FILES
+        if cfg.hf_hub_filename:
+            stem = cfg.hf_hub_filename.rsplit(".", 1)[0]
+            files = (cfg.hf_hub_filename, f"{stem}.safetensors")
+        return any(
+            isinstance(
+                try_to_load_from_cache(repo, f, cache_dir=settings.cache_dir, revision=revision or None), str
+            )
+            for f in files
+        )
+    if cfg.url:  # a few legacy weights live at a plain URL, cached by torch.hub
+        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name).is_file()
+    return False
+
+
+@contextmanager
+def _hub_mode(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline flag set as the environment says now, for one load."""
+    with _HUB_LOCK:
+        previous = hf_constants.HF_HUB_OFFLINE
+        hf_constants.HF_HUB_OFFLINE = offline
+        try:
+            yield
+        finally:
+            hf_constants.HF_HUB_OFFLINE = previous
+
+
+def pretrained_module(name: str, settings: HubSettings | None = None) -> nn.Module:
+    """`name` with its pretrained weights, via timm and the Hub.
+
+    Raises:
+        WeightsUnavailableError: one line saying why the weights cannot be had.
+    """
+    settings = settings or HubSettings.from_env()
+    if not is_model_pretrained(name):
+        raise WeightsUnavailableError(name, "timm has no pretrained weights for it")
+    if settings.offline and not weights_in_cache(name, settings):
+        raise WeightsUnavailableError(
+            name, f"offline and not in the Hugging Face cache {settings.cache_dir} (HF_HUB_OFFLINE=1)"
+        )
+    try:
+        with _hub_mode(settings.offline):
+            return timm.create_model(name, pretrained=True, cache_dir=settings.cache_dir)
+    except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled, OSError) as exc:
+        reason = " ".join(str(exc).split()) or "no details"
+        raise WeightsUnavailableError(name, f"{type(exc).__name__}: {reason[:300]}") from exc
+
+
+def random_module(name: str) -> nn.Module:
+    """`name` with random weights, seeded by the name: the same name gives the same weights."""
+    with _RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(name.encode("utf-8")))
+        return timm.create_model(name, pretrained=False)
