@@ -1,0 +1,491 @@
+"""What the Gradio app computes, kept free of Gradio so that it reads and tests on its own.
+
+`cnnviz.ui` turns these functions into pages and events. Everything here raises `ValueError`
+with a message a visitor can act on; the UI shows it as a `gr.Error`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+import cnnviz
+from cnnviz import render, zoo
+
+if TYPE_CHECKING:
+    from cnnviz.types import Anatomy, Explanation
+    from cnnviz.zoo import Model
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES_DIR = ROOT / "examples"
+SUPPORT_SUMMARY = ROOT / "support" / "summary.md"
+TOP1 = "top-1 (predicted class)"
+FINAL = "final map (default)"
+PREFERRED_METHODS = ("cam", "grad_cam", "guided_backprop")
+MAX_IMAGE_SIDE = 2048  # larger uploads are shrunk first: the model sees ~224 px anyway
+CELL = 224  # side of one cell of the compare grid, in pixels
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE | _FALSE:
+        return raw in _TRUE
+    raise ValueError(f"environment variable {name}={raw!r} must be one of {sorted(_TRUE | _FALSE)}")
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, low: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < low:
+        raise ValueError(f"environment variable {name}={raw!r} must be an integer >= {low}")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Deployment settings, read once from the environment.
+
+    Attributes:
+        weights: ``auto`` (Hub weights, random when the Hub is unreachable), ``hub`` or ``random``.
+        allow_any_model: whether visitors may type any timm name (CNNVIZ_ALLOW_ANY_MODEL; on by
+            default locally, off by default on Hugging Face Spaces where memory is shared).
+        default_model: model shown first (CNNVIZ_DEFAULT_MODEL, else the zoo's first ResNet-50).
+        max_compare: most models in one comparison.
+        queue_size: most events waiting in Gradio's queue (CNNVIZ_QUEUE_SIZE).
+        concurrency: events that run models at the same time (CNNVIZ_CONCURRENCY).
+    """
+
+    weights: str
+    allow_any_model: bool
+    default_model: str
+    max_compare: int = 6
+    queue_size: int = 16
+    concurrency: int = 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AppSettings:
+        env = os.environ if env is None else env
+        weights = env.get("CNNVIZ_WEIGHTS", "").strip() or "auto"
+        if weights not in ("auto", "hub", "random"):
+            raise ValueError(f"CNNVIZ_WEIGHTS={weights!r}: expected one of 'auto', 'hub', 'random'")
+        on_spaces = bool(env.get("SPACE_ID"))
+        return cls(
+            weights=weights,
+            allow_any_model=_env_flag(env, "CNNVIZ_ALLOW_ANY_MODEL", not on_spaces),
+            default_model=env.get("CNNVIZ_DEFAULT_MODEL", "").strip() or default_model_id(),
+            queue_size=_env_int(env, "CNNVIZ_QUEUE_SIZE", 16),
+            concurrency=_env_int(env, "CNNVIZ_CONCURRENCY", 1),
+        )
+
+
+def default_model_id() -> str:
+    """The curated ResNet-50 if the zoo lists one, else the zoo's first entry."""
+    ids = [e.id for e in zoo.curated()]
+    if not ids:
+        raise ValueError("models.yaml lists no model; set CNNVIZ_DEFAULT_MODEL to a timm name")
+    return next((i for i in ids if i.split(".")[0] == "resnet50"), ids[0])
+
+
+class ModelPool:
+    """Loads models on first use through the zoo's bounded cache, and hands out one lock per model.
+
+    Nothing loads at start-up, so the page opens at once even when weights must be downloaded.
+    Two visitors asking for the same model wait for one load; explaining holds the model's lock,
+    because intermediate-layer hooks live on the module while a call runs.
+    """
+
+    def __init__(self, weights: str):
+        self.weights = weights
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def lock(self, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def get(self, name: str) -> tuple[Model, threading.Lock]:
+        with self.lock(f"load:{name}"):
+            model = zoo.load_model(name, weights=self.weights)
+        return model, self.lock(model.name)
+
+
+# ----------------------------------------------------------------------------- choices and parsing
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """Curated models as (``"Family · Label"``, id), grouped by family in models.yaml's order."""
+    entries = list(zoo.curated())
+    order = {fam: i for i, fam in reversed(list(enumerate(e.family for e in entries)))}
+    entries.sort(key=lambda e: order[e.family])  # stable: keeps the yaml order inside a family
+    return [(f"{e.family} · {e.label}", e.id) for e in entries]
+
+
+def resolve_model(name: str | None, settings: AppSettings) -> str:
+    """A curated id (from an id or a display label), or any timm name where allowed."""
+    name = (name or "").strip() or settings.default_model
+    choices = model_choices()
+    by_label = {label.lower(): mid for label, mid in choices}
+    ids = [mid for _, mid in choices]
+    if name in ids or name == settings.default_model:
+        return name
+    if name.lower() in by_label:
+        return by_label[name.lower()]
+    if settings.allow_any_model:
+        return name
+    close = difflib.get_close_matches(name, ids, n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"model {name!r} is not in this deployment's list (CNNVIZ_ALLOW_ANY_MODEL is off); "
+        f"choose one of: {', '.join(ids)}.{hint}"
+    )
+
+
+def method_status(anatomy: Anatomy, layer: str | None) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(label, id) of the methods that apply to this model at this layer; id -> reason for the rest."""
+    usable, refused = [], {}
+    for method in cnnviz.list_methods():
+        reason = method.refusal(anatomy, layer_is_final=layer is None)
+        if reason:
+            refused[method.id] = reason
+        else:
+            usable.append((method.label, method.id))
+    return usable, refused
+
+
+def default_methods(usable_ids: Sequence[str]) -> list[str]:
+    picked = [m for m in PREFERRED_METHODS if m in usable_ids]
+    return picked or list(usable_ids[:2])
+
+
+def class_choices(class_names: Sequence[str]) -> list[str]:
+    return [TOP1, *(f"{i} · {name}" for i, name in enumerate(class_names))]
+
+
+def parse_target(value: str | int | None, class_names: Sequence[str]) -> int | None:
+    """None (top-1) from empty/``top-1``; an index from ``"207 · golden retriever"``, 207 or a name."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "top-1", TOP1.lower())):
+        return None
+    text = str(value).strip()
+    match = re.match(r"^(\d+)(\s*·.*)?$", text)
+    if match:
+        index = int(match.group(1))
+        if index >= len(class_names):
+            raise ValueError(
+                f"target class {index} is out of range: this model has {len(class_names)} classes"
+            )
+        return index
+    lowered = [n.lower() for n in class_names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    close = difflib.get_close_matches(text.lower(), lowered, n=3, cutoff=0.6)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    raise ValueError(f"target class {text!r} is not a class of this model; give a class index or name.{hint}")
+
+
+def parse_layer(value: str | None, anatomy: Anatomy) -> str | None:
+    """None for the final map; otherwise one of `anatomy.stages`."""
+    if value is None or value.strip() in ("", "final", FINAL):
+        return None
+    if value in anatomy.stages:
+        return value
+    close = difflib.get_close_matches(value, list(anatomy.stages), n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"layer {value!r} is not a stage of this model; choose 'final' or one of: "
+        f"{', '.join(anatomy.stages) or '(none)'}.{hint}"
+    )
+
+
+def example_paths() -> list[str]:
+    """The shipped example images (examples/*.jpg|png), sorted by name."""
+    return sorted(str(p) for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+
+
+def prepare_image(image: Image.Image | np.ndarray | str | Path | None) -> Image.Image:
+    """An RGB PIL image, EXIF-rotated, shrunk to MAX_IMAGE_SIDE on its longer side."""
+    if image is None:
+        raise ValueError("no image: upload, paste or photograph one, or click an example")
+    if isinstance(image, str | Path):
+        try:
+            with Image.open(image) as opened:
+                image = opened.copy()
+        except (OSError, Image.DecompressionBombError) as err:
+            raise ValueError(f"{Path(image).name} is not an image that can be read: {err}") from err
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    image = ImageOps.exif_transpose(image).convert("RGB")
+    if max(image.size) > MAX_IMAGE_SIDE:
+        image.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
+    return image
+
+
+# ----------------------------------------------------------------------------- text panels
+
+
+def weights_note(model: Model) -> str:
+    return " · random weights" if model.random_weights else ""
+
+
+def anatomy_markdown(model: Model) -> str:
+    """The anatomy panel: where the map comes from, its layout and shape, the head, the CAM badge."""
+    a = model.anatomy
+    c, h, w = a.shape
+    badge = "✅ **CAM exact**" if a.cam_exact else f"⚠️ **CAM not exact**: {a.cam_reason}"
+    weights = (
+        "⚠️ random weights (the Hub was unreachable): maps and predictions are meaningless"
+        if model.random_weights
+        else f"pretrained ({model.weights_source})"
+    )
+    rows = [
+        ("model", f"`{model.name}` ({model.label})" if model.label else f"`{model.name}`"),
+        ("weights", weights),
+        ("map taken from", f"`{a.source}`" + (f" — {a.source_note}" if a.source_note else "")),
+        ("layout", a.layout + (f" ({a.num_prefix_tokens} prefix tokens, grid {a.grid})" if a.grid else "")),
+        ("map shape", f"C={c}, H={h}, W={w} at input {a.input_size[1]}×{a.input_size[2]}"),
+        ("head", f"{a.head} [{a.head_kind}], {a.num_classes} classes"),
+        ("activations", ", ".join(a.activations) or "none"),
+        ("stages", ", ".join(f"`{s}`" for s in a.stages) or "none"),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return f"{badge}\n\n| | |\n|---|---|\n{table}\n"
+
+
+def refused_markdown(refused: Mapping[str, str]) -> str:
+    if not refused:
+        return "All methods apply to this model."
+    lines = [f"- **{cnnviz.get_method(m).label}** not offered: {why}" for m, why in refused.items()]
+    return "\n".join(["Not offered for this model and layer:", *lines])
+
+
+def methods_markdown() -> str:
+    """The Methods tab, generated from the registry (formulas in $$…$$ for KaTeX)."""
+    parts = []
+    for m in cnnviz.list_methods():
+        parts.append(
+            f"### {m.label} (`{m.id}`)\n\n{m.summary}\n\n$$\n{m.formula.strip()}\n$$\n\n"
+            f"- **Paper**: [{m.paper}]({m.url})\n- **Family**: {m.family}\n- **Cost**: {m.cost}\n"
+            f"- **Requires**: {'; '.join(m.requires) or 'nothing beyond a differentiable model'}\n"
+        )
+    return "\n---\n\n".join(parts)
+
+
+def support_markdown() -> str:
+    """The Support tab: the sweep's summary when present, else the curated list from models.yaml."""
+    if SUPPORT_SUMMARY.is_file():
+        return SUPPORT_SUMMARY.read_text(encoding="utf-8")
+    rows = [f"| `{e.id}` | {e.family} | {e.label} | {e.note} |" for e in zoo.curated()]
+    head = (
+        "The support sweep has not been run yet; these are the curated models of `models.yaml`. "
+        "Any other timm model can be typed in the Explain tab where the deployment allows it.\n\n"
+        "| model | family | label | note |\n|---|---|---|---|\n"
+    )
+    return head + "\n".join(rows) + "\n"
+
+
+# ----------------------------------------------------------------------------- pictures and files
+
+
+def placeholder(size: tuple[int, int], title: str, reason: str) -> Image.Image:
+    """A grey tile saying why a method does not apply."""
+    tile = Image.new("RGB", size, (225, 225, 225))
+    draw = ImageDraw.Draw(tile)
+    font = ImageFont.load_default(size=max(10, size[0] // 18))
+    chars = max(12, int(size[0] / (font.size * 0.55)))
+    words, lines, line = f"{title}: not applicable. {reason}".split(), [], ""
+    for word in words:
+        if len(line) + len(word) + 1 > chars:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    draw.multiline_text((8, 8), "\n".join(lines), fill=(60, 60, 60), font=font, spacing=4)
+    return tile
+
+
+class ArchiveDir:
+    """Where downloads are written; files older than an hour are removed on each write."""
+
+    def __init__(self, max_age_s: float = 3600.0):
+        self.path = Path(tempfile.mkdtemp(prefix="cnnviz-app-"))
+        self.max_age_s = max_age_s
+
+    def new_zip(self, stem: str) -> Path:
+        now = time.time()
+        for old in self.path.glob("*.zip"):
+            if now - old.stat().st_mtime > self.max_age_s:
+                old.unlink(missing_ok=True)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)[:80]
+        return Path(tempfile.mkstemp(prefix=f"{safe}-", suffix=".zip", dir=self.path)[1])
+
+
+def write_zip(
+    path: Path, arrays: Mapping[str, np.ndarray], images: Mapping[str, Image.Image], meta: dict
+) -> Path:
+    """A zip with maps/<name>.npy, images/<name>.png and meta.json."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, array in arrays.items():
+            with zf.open(f"maps/{name}.npy", "w") as fh:
+                np.save(fh, np.asarray(array, dtype=np.float32))
+        for name, image in images.items():
+            with zf.open(f"images/{name}.png", "w") as fh:
+                image.save(fh, format="PNG")
+        zf.writestr("meta.json", json.dumps(meta, indent=2, default=str))
+    return path
+
+
+def top_k(ex: Explanation, class_names: Sequence[str], k: int = 5) -> list[tuple[int, str, float]]:
+    probs = ex.probabilities[0].detach().cpu()
+    values, indices = probs.topk(min(k, probs.numel()))
+    return [(int(i), class_names[int(i)], float(p)) for p, i in zip(values, indices, strict=True)]
+
+
+def short_name(name: str) -> str:
+    """The first synonym of an ImageNet description ("tench, Tinca tinca" -> "tench")."""
+    return name.split(",")[0].strip() or name
+
+
+def label_dict(top: Sequence[tuple[int, str, float]]) -> dict[str, float]:
+    """gr.Label's {short name: probability}; a repeated name (ImageNet has two 'crane') gets its index."""
+    names = [short_name(n) for _, n, _ in top]
+    return {(s if names.count(s) == 1 else f"{s} (#{i})"): p for s, (i, _, p) in zip(names, top, strict=True)}
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    top: tuple[tuple[int, str, float], ...]
+    gallery: tuple[tuple[Image.Image, str], ...]
+    archive: Path
+    notes: str
+
+
+def explain_one(
+    model: Model,
+    image: Image.Image,
+    methods: Sequence[str],
+    target: int | None,
+    layer: str | None,
+    cmap: str,
+    alpha: float,
+    archive: Path,
+) -> ExplainResult:
+    """Run the chosen methods on one image and render one overlay per method (refused ones as tiles)."""
+    if not methods:
+        raise ValueError("choose at least one method")
+    view = model.model_view(image)
+    ex = model.explain(model.preprocess(image), list(methods), target=target, layer=layer, strict=False)
+    tidx = int(ex.targets[0])
+    tname = model.class_names[tidx]
+    caption_name = short_name(tname)
+    gallery, pictures, arrays, notes = [], {}, {}, {}
+    for mid, att in ex.attributions.items():
+        label = cnnviz.get_method(mid).label
+        picture = render.attribution_image(att, 0, view, cmap=cmap, alpha=alpha)
+        gallery.append((picture, f"{label} · {caption_name} · {att.layer or ex.layer}{weights_note(model)}"))
+        pictures[mid], arrays[mid], notes[mid] = picture, att.raw[0].detach().cpu().numpy(), list(att.notes)
+    for mid, reason in ex.refused.items():
+        label = cnnviz.get_method(mid).label
+        gallery.append((placeholder(view.size, label, reason), f"{label} · not applicable"))
+    top = top_k(ex, model.class_names)
+    meta = {
+        "model": model.name,
+        "weights": model.weights_source,
+        "target": {"index": tidx, "name": tname},
+        "layer": ex.layer,
+        "top5": [{"index": i, "name": n, "probability": p} for i, n, p in top],
+        "notes": notes,
+        "refused": dict(ex.refused),
+    }
+    write_zip(archive, arrays, pictures, meta)
+    text = "\n".join(f"- **{cnnviz.get_method(m).label}**: {'; '.join(n)}" for m, n in notes.items() if n)
+    return ExplainResult(tuple(top), tuple(gallery), archive, text)
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    model: Model
+    explanation: Explanation
+    view: Image.Image
+
+
+def shared_scales(rows: Sequence[CompareRow], methods: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+    """Per method, one (vmin, vmax) over all models, so that a column is drawn on one colour scale.
+
+    CAM-family maps share their min-max range; gradient images share one saturation magnitude.
+    """
+    scales: dict[str, tuple[Any, Any]] = {}
+    for mid in methods:
+        raws = [
+            r.explanation[mid].raw[0].detach().cpu().numpy()
+            for r in rows
+            if mid in r.explanation.attributions
+        ]
+        if raws:
+            scales[mid] = (
+                render.shared_range(raws) if raws[0].ndim == 2 else (None, render.gradient_scale(raws))
+            )
+    return scales
+
+
+def compare_grid(
+    rows: Sequence[CompareRow], methods: Sequence[str], cmap: str, alpha: float, shared: bool
+) -> tuple[Image.Image, dict[str, Image.Image], dict[str, np.ndarray]]:
+    """Rows are models, columns methods; each cell captioned with the model's top-1 prediction."""
+    ranges = shared_scales(rows, methods) if shared else {}
+    cells, captions, pictures, arrays = [], [], {}, {}
+    for row in rows:
+        ex, m = row.explanation, row.model
+        tidx = int(ex.targets[0])
+        prob = float(ex.probabilities[0, tidx])
+        top1 = f"{short_name(m.class_names[tidx])} {prob:.0%}{weights_note(m)}"
+        for mid in methods:
+            label = cnnviz.get_method(mid).label
+            if mid in ex.attributions:
+                vmin, vmax = ranges.get(mid, (None, None))
+                cell = render.attribution_image(
+                    ex[mid], 0, row.view, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax
+                )
+                key = f"{m.name}__{mid}"
+                pictures[key], arrays[key] = cell, ex[mid].raw[0].detach().cpu().numpy()
+            else:
+                cell = placeholder(row.view.size, label, ex.refused.get(mid, "not computed"))
+            cells.append(cell.resize((CELL, CELL)))
+            captions.append(f"{m.label or m.name} · {label}\n{top1}")
+    return render.grid(cells, captions, ncols=len(methods)), pictures, arrays
+
+
+def run_compare(
+    pool: ModelPool,
+    names: Sequence[str],
+    image: Image.Image,
+    methods: Sequence[str],
+    step: Callable[[float, str], Any],
+) -> list[CompareRow]:
+    """Load and explain each model in turn (top-1 target, final map), reporting progress."""
+    rows = []
+    for i, name in enumerate(names):
+        step(i / len(names), f"loading {name}")
+        model, lock = pool.get(name)
+        step((i + 0.5) / len(names), f"explaining with {name}")
+        with lock:
+            ex = model.explain(model.preprocess(image), list(methods), strict=False)
+        rows.append(CompareRow(model, ex, model.model_view(image)))
+    step(1.0, "rendering")
+    return rows

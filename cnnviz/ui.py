@@ -1,0 +1,373 @@
+"""The Gradio app (Explain, Compare, Methods, Support). All of cnnviz's Gradio code lives here.
+
+Gradio's API moves between majors (6.x moved ``theme``/``css`` from ``Blocks()`` to ``launch()``),
+so nothing else imports Gradio: `app.py` only calls `build` and `launch`. The computing lives in
+`cnnviz.app_logic`, which raises `ValueError`; the handlers here turn that into `gr.Error`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+import cnnviz
+from cnnviz import app_logic as core
+from cnnviz import render
+
+log = logging.getLogger(__name__)
+
+LATEX = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "$", "right": "$", "display": False},
+]
+CSS = """
+#cnnviz-banner {background: #fff4e5; border-left: 4px solid #f59e0b; padding: 8px 12px;}
+#cnnviz-gallery .caption-label {white-space: normal;}
+"""
+RANDOM_BANNER = (
+    "⚠️ **Random weights.** The pretrained weights could not be downloaded (no Hub access and no "
+    "local cache), so the models run on random weights: the pictures show how the methods work, "
+    "not what a trained network looks at. Every caption says so."
+)
+IMAGE_SOURCES = ["upload", "clipboard", "webcam"]
+PROGRESS = gr.Progress()  # Gradio swaps in a tracker per event; a shared default is safe
+MODEL_EVENTS = "cnnviz-models"  # one concurrency group for every event that runs a model
+
+
+def image_input(**kwargs: Any) -> gr.Image:
+    """`gr.Image` whose unreadable uploads become a readable `gr.Error`, not a stack trace.
+
+    The instance's `preprocess` is wrapped rather than subclassed: Gradio's component metaclass
+    writes a ``.pyi`` stub next to any module that defines a component subclass.
+    """
+    component = gr.Image(type="pil", sources=IMAGE_SOURCES, **kwargs)
+    preprocess = component.preprocess
+
+    @functools.wraps(preprocess)
+    def readable(payload: Any) -> Any:
+        try:
+            return preprocess(payload)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            name = getattr(payload, "orig_name", None) or "the uploaded file"
+            raise gr.Error(
+                f"{name} is not an image that can be read ({type(err).__name__}). "
+                "Upload a PNG, JPEG, WebP, BMP or GIF picture.",
+                title="Unreadable image",
+            ) from err
+
+    component.preprocess = readable
+    return component
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Show `ValueError`s as they are, and anything unexpected as a short message (logged in full)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        except Exception as err:
+            log.exception("cnnviz app: %s failed", fn.__name__)
+            raise gr.Error(
+                f"{type(err).__name__}: {err}. The app is still running; try another model or image."
+            ) from err
+
+    return wrapper
+
+
+class App:
+    """Holds the deployment's settings, the model pool and the download folder; handlers are methods."""
+
+    def __init__(self, settings: core.AppSettings):
+        self.settings = settings
+        self.pool = core.ModelPool(settings.weights)
+        self.archives = core.ArchiveDir()
+
+    def model(self, name: str | None, progress: gr.Progress | None = None):
+        resolved = core.resolve_model(name, self.settings)
+        if progress is not None:
+            progress(0.05, desc=f"loading {resolved}")
+        return self.pool.get(resolved)
+
+    def banner(self, random_weights: bool) -> dict:
+        return gr.update(value=RANDOM_BANNER, visible=random_weights)
+
+    # -- Explain tab ---------------------------------------------------------------------------
+    def on_model(self, name: str, selected: list[str] | None, progress=PROGRESS):
+        """A model was chosen: offer its methods, layers and classes, and show its anatomy."""
+        model, _ = self.model(name, progress)
+        usable, refused = core.method_status(model.anatomy, None)
+        ids = [mid for _, mid in usable]
+        keep = [m for m in (selected or []) if m in ids] or core.default_methods(ids)
+        return (
+            gr.update(choices=usable, value=keep),
+            core.refused_markdown(refused),
+            gr.update(choices=[core.FINAL, *model.anatomy.stages], value=core.FINAL),
+            gr.update(choices=core.class_choices(model.class_names), value=core.TOP1),
+            core.anatomy_markdown(model),
+            self.banner(model.random_weights),
+        )
+
+    def on_layer(self, name: str, layer: str, selected: list[str] | None):
+        """A layer was chosen: some methods (CAM) only apply at the final map."""
+        model, _ = self.model(name)
+        usable, refused = core.method_status(model.anatomy, core.parse_layer(layer, model.anatomy))
+        ids = [mid for _, mid in usable]
+        keep = [m for m in (selected or []) if m in ids] or core.default_methods(ids)
+        return gr.update(choices=usable, value=keep), core.refused_markdown(refused)
+
+    def explain(
+        self,
+        image: Image.Image | None,
+        model_name: str,
+        methods: list[str],
+        target: str,
+        layer: str,
+        colormap: str,
+        alpha: float,
+        progress=PROGRESS,
+    ):
+        """Explain one image: top-5 predictions, one overlay per method, the anatomy and a zip."""
+        picture = core.prepare_image(image)
+        model, lock = self.model(model_name, progress)
+        if colormap not in render.COLORMAPS:
+            raise ValueError(f"colormap {colormap!r} is not one of {', '.join(render.COLORMAPS)}")
+        target_idx = core.parse_target(target, model.class_names)
+        layer_name = core.parse_layer(layer, model.anatomy)
+        progress(0.3, desc="explaining")
+        with lock:
+            result = core.explain_one(
+                model,
+                picture,
+                [cnnviz.get_method(m).id for m in methods or []],
+                target_idx,
+                layer_name,
+                colormap,
+                float(alpha),
+                self.archives.new_zip(f"cnnviz-{model.name}"),
+            )
+        return (
+            core.label_dict(result.top),
+            list(result.gallery),
+            core.anatomy_markdown(model),
+            result.notes,
+            str(result.archive),
+            self.banner(model.random_weights),
+            list(result.top),
+        )
+
+    def pick_target(self, top: list, evt: gr.SelectData):
+        """A click on a predicted class makes it the target class."""
+        for index, name, _prob in top or []:
+            if evt.value in (core.short_name(name), f"{core.short_name(name)} (#{index})"):
+                return f"{index} · {name}"
+        return core.TOP1
+
+    # -- Compare tab ---------------------------------------------------------------------------
+    def compare(
+        self,
+        image: Image.Image | None,
+        models: list[str],
+        methods: list[str],
+        colormap: str,
+        alpha: float,
+        shared_scale: bool,
+        progress=PROGRESS,
+    ):
+        """Several models x several methods on one image, as one grid (top-1 target, final map)."""
+        picture = core.prepare_image(image)
+        names = list(dict.fromkeys(core.resolve_model(m, self.settings) for m in models or []))
+        if not names:
+            raise ValueError("choose at least one model to compare")
+        if len(names) > self.settings.max_compare:
+            raise ValueError(f"choose at most {self.settings.max_compare} models (got {len(names)})")
+        if not methods:
+            raise ValueError("choose at least one method")
+        method_ids = [cnnviz.get_method(m).id for m in methods]
+        rows = core.run_compare(self.pool, names, picture, method_ids, lambda f, d: progress(f, desc=d))
+        grid, pictures, arrays = core.compare_grid(
+            rows, method_ids, colormap, float(alpha), bool(shared_scale)
+        )
+        table = ["| model | top-1 | probability | CAM | weights |", "|---|---|---|---|---|"]
+        for row in rows:
+            t = int(row.explanation.targets[0])
+            cam = "exact" if row.model.anatomy.cam_exact else "not exact"
+            prob = float(row.explanation.probabilities[0, t])
+            weights = "random" if row.model.random_weights else "pretrained"
+            table.append(
+                f"| `{row.model.name}` | {row.model.class_names[t]} | {prob:.1%} | {cam} | {weights} |"
+            )
+        meta = {"models": names, "methods": method_ids, "shared_scale": bool(shared_scale)}
+        archive = core.write_zip(self.archives.new_zip("cnnviz-compare"), arrays, pictures, meta)
+        pictures_random = any(r.model.random_weights for r in rows)
+        return grid, "\n".join(table), str(archive), self.banner(pictures_random)
+
+
+def _model_dropdown(app: App, label: str, multiselect: bool = False, value: Any = None) -> gr.Dropdown:
+    any_ok = app.settings.allow_any_model
+    info = "Curated models by family" + ("; or type any timm model name" if any_ok else "")
+    return gr.Dropdown(
+        core.model_choices(),
+        value=value,
+        label=label,
+        info=info,
+        multiselect=multiselect,
+        max_choices=app.settings.max_compare if multiselect else None,
+        allow_custom_value=any_ok,
+        filterable=True,
+    )
+
+
+def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
+    methods = cnnviz.list_methods()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            image = image_input(label="Image", height=300, elem_id="cnnviz-image")
+            examples = gr.Examples(
+                core.example_paths(), inputs=[image], cache_examples=False, label="Examples"
+            )
+            model = _model_dropdown(app, "Model", value=app.settings.default_model)
+            method_box = gr.CheckboxGroup(
+                [(m.label, m.id) for m in methods],
+                value=core.default_methods([m.id for m in methods]),
+                label="Methods",
+                info="Only the methods that apply to this model and layer are offered",
+            )
+            refused = gr.Markdown(elem_id="cnnviz-refused")
+            with gr.Accordion("Target, layer and colours", open=False):
+                target = gr.Dropdown(
+                    [core.TOP1],
+                    value=core.TOP1,
+                    label="Target class",
+                    info="Top-1 by default; click a prediction or search any class by name",
+                    filterable=True,
+                    allow_custom_value=True,  # the API may pass an index or a name; parse_target checks it
+                )
+                layer = gr.Dropdown(
+                    [core.FINAL], value=core.FINAL, label="Layer (CAM family)", allow_custom_value=True
+                )
+                colormap = gr.Dropdown(list(render.COLORMAPS), value=render.COLORMAPS[0], label="Colormap")
+                alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay strength")
+            run = gr.Button("Explain", variant="primary", elem_id="cnnviz-explain")
+        with gr.Column(scale=3, min_width=360):
+            gallery = gr.Gallery(
+                label="Overlays",
+                columns=3,
+                height="auto",
+                object_fit="contain",
+                format="png",
+                elem_id="cnnviz-gallery",
+            )
+            with gr.Row():
+                predictions = gr.Label(num_top_classes=5, label="Top-5 predictions (click one to explain it)")
+                with gr.Column():
+                    anatomy = gr.Markdown(label="Anatomy", elem_id="cnnviz-anatomy")
+            notes = gr.Markdown()
+            download = gr.File(label="Download: raw maps (.npy), images (.png), meta.json")
+    top_state = gr.State([])
+
+    model_outputs = [method_box, refused, layer, target, anatomy, banner]
+    on_model = dict(
+        fn=user_errors(app.on_model),
+        inputs=[model, method_box],
+        outputs=model_outputs,
+        api_visibility="undocumented",
+        concurrency_id=MODEL_EVENTS,
+    )
+    model.change(**on_model)
+    demo.load(**on_model)
+    layer.input(
+        user_errors(app.on_layer),
+        [model, layer, method_box],
+        [method_box, refused],
+        api_visibility="undocumented",
+    )
+
+    explain_inputs = [image, model, method_box, target, layer, colormap, alpha]
+    explain_outputs = [predictions, gallery, anatomy, notes, download, banner, top_state]
+    explain_fn = user_errors(app.explain)
+    run.click(explain_fn, explain_inputs, explain_outputs, api_name="explain", concurrency_id=MODEL_EVENTS)
+    examples.load_input_event.then(
+        explain_fn,
+        explain_inputs,
+        explain_outputs,
+        api_visibility="undocumented",
+        concurrency_id=MODEL_EVENTS,
+    )
+    predictions.select(app.pick_target, [top_state], [target], api_visibility="undocumented").then(
+        explain_fn,
+        explain_inputs,
+        explain_outputs,
+        api_visibility="undocumented",
+        concurrency_id=MODEL_EVENTS,
+    )
+
+
+def _compare_tab(app: App, banner: gr.Markdown) -> None:
+    ids = [mid for _, mid in core.model_choices()]
+    default_models = list(dict.fromkeys([app.settings.default_model, *ids]))[:3]
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            image = image_input(label="Image", height=260, elem_id="cnnviz-compare-image")
+            gr.Examples(core.example_paths(), inputs=[image], cache_examples=False, label="Examples")
+            models = _model_dropdown(app, f"Models (up to {app.settings.max_compare})", True, default_models)
+            methods = gr.CheckboxGroup(
+                [(m.label, m.id) for m in cnnviz.list_methods()],
+                value=["grad_cam", "guided_backprop"],
+                label="Methods",
+                info="A method that does not apply to a model shows a grey tile with the reason",
+            )
+            with gr.Row():
+                colormap = gr.Dropdown(list(render.COLORMAPS), value=render.COLORMAPS[0], label="Colormap")
+                alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay strength")
+            shared = gr.Checkbox(value=True, label="One colour scale per method across models")
+            run = gr.Button("Compare", variant="primary", elem_id="cnnviz-compare")
+        with gr.Column(scale=3, min_width=360):
+            grid = gr.Image(
+                label="Models × methods", type="pil", format="png", interactive=False, elem_id="cnnviz-grid"
+            )
+            table = gr.Markdown()
+            download = gr.File(label="Download: raw maps (.npy), cells (.png), meta.json")
+    run.click(
+        user_errors(app.compare),
+        [image, models, methods, colormap, alpha, shared],
+        [grid, table, download, banner],
+        api_name="compare",
+        concurrency_id=MODEL_EVENTS,
+    )
+
+
+def build(settings: core.AppSettings | None = None) -> gr.Blocks:
+    """The whole app; nothing is loaded or run until a visitor (or the page's load event) asks."""
+    app = App(settings or core.AppSettings.from_env())
+    with gr.Blocks(title="cnnviz: what does a CNN look at?", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(
+            "# cnnviz: what does the network look at?\n"
+            "Gradients, deconvnet, guided backprop, CAM, Grad-CAM and guided Grad-CAM for any "
+            "[timm](https://github.com/huggingface/pytorch-image-models) image classifier."
+        )
+        banner = gr.Markdown(RANDOM_BANNER, visible=app.settings.weights == "random", elem_id="cnnviz-banner")
+        with gr.Tab("Explain", id="explain"):
+            _explain_tab(app, banner, demo)
+        with gr.Tab("Compare", id="compare"):
+            _compare_tab(app, banner)
+        with gr.Tab("Methods", id="methods"):
+            gr.Markdown(core.methods_markdown(), latex_delimiters=LATEX)
+        with gr.Tab("Support", id="support"):
+            gr.Markdown(core.support_markdown())
+    demo.queue(max_size=app.settings.queue_size, default_concurrency_limit=app.settings.concurrency)
+    return demo
+
+
+def launch(demo: gr.Blocks, **kwargs: Any) -> None:
+    """Start the server: 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise."""
+    demo.launch(theme=gr.themes.Soft(), css=CSS, show_error=True, **kwargs)
