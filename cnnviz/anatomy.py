@@ -298,8 +298,13 @@ def _search_gradient_layer(
 ) -> tuple[str, MapSpec, float] | None:
     specs: dict[str, MapSpec] = {}
 
+    projections = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
     def keep(name: str, out: torch.Tensor) -> bool:
-        if out.shape[0] != x.shape[0] or (width is not None and out.shape[-1] != width):
+        # Tokens at a norm or block output, not inside a projection (q, k, v, qkv, proj).
+        if name in projections or out.shape[0] != x.shape[0]:
+            return False
+        if width is not None and out.shape[-1] != width:
             return False
         spec = infer_spec(out, hw_in, model)
         if spec is not None:
