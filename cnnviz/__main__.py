@@ -1,0 +1,7 @@
+"""``python -m cnnviz``: the command line (see `cnnviz.cli`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

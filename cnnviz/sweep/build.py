@@ -1,0 +1,226 @@
+"""Build one timm model for the sweep: random weights, a small input size, non-trivial statistics.
+
+Random initialisation hides bugs: BatchNorm starts as the identity (running mean 0, variance 1),
+several families zero-initialise their classifier, and some produce features of 1e-10 or less.
+A check passed on such a model proves little, so after creation:
+
+* residual scales initialised (near) zero are woken up to ``U(0.1, 0.3)``: layer scales
+  (``gamma``, 1e-6 in ConvNeXt and DeiT-III) and zero-initialised norm weights at the end of
+  residual branches (ResNet's last BN). At 1e-6 a branch is invisible: guided backprop, which
+  only changes the rule of the activations inside the branches, then equals the plain gradient
+  to 1e-6 and nothing about the branch is tested;
+* every BatchNorm's running statistics are set from a forward pass in training mode on a
+  random batch (cumulative averaging, ``momentum=None``): no longer the identity, and the
+  features keep a usable scale;
+* the classifier (``pretrained_cfg['classifier']`` and ``get_classifier()``) is re-drawn:
+  weights ``N(0, 1/fan_in)``, biases ``U(-0.5, 0.5)``, norm affines perturbed, so that the
+  CAM offset and any head folding are exercised.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import timm
+import torch
+from timm.models import get_pretrained_cfg
+from torch import nn
+
+SMALL_SIDE = 160
+"""Preferred input side: most models accept it, and it keeps the sweep's cost down."""
+
+DEFAULT_HEAD_CLASSES = 1000
+"""Classes given to feature towers that default to ``num_classes=0``, as a fine-tune would."""
+
+
+@dataclass(frozen=True)
+class Built:
+    """A model ready for the sweep's checks.
+
+    Attributes:
+        module: the timm module, eval mode.
+        input_size: (3, H, W) it runs at (its ``pretrained_cfg['input_size']`` is set to it, so
+            that `cnnviz.inspect` probes the same size).
+        native_size: (3, H, W) of the model's own data config.
+        size_note: why the size differs from the preferred small one, or why native was used.
+        head_added: created with ``num_classes=1000`` because the default is 0.
+        dtype: parameter dtype name (``float32``, or ``bfloat16`` for models too large for
+            the memory cap in float32).
+        init_note: how residual scales and BatchNorm statistics were set.
+    """
+
+    module: nn.Module
+    input_size: tuple[int, int, int]
+    native_size: tuple[int, int, int]
+    size_note: str
+    head_added: bool
+    dtype: str
+    init_note: str
+
+
+def seed_for(name: str) -> int:
+    return zlib.crc32(name.encode("utf-8"))
+
+
+def candidate_sizes(name: str, small: int = SMALL_SIDE) -> tuple[list[tuple[int, int, int]], str]:
+    """Input sizes to try, smallest first, and a note when only the native size is possible."""
+    cfg = get_pretrained_cfg(name)
+    native = tuple(int(v) for v in cfg.input_size)
+    if cfg.fixed_input_size:
+        return [native], "native: the model declares a fixed input size"
+    if native[1] != native[2]:
+        return [native], "native: non-square input"
+    side = min(native[1], small)
+    if cfg.min_input_size:
+        side = max(side, int(cfg.min_input_size[1]))
+    if side >= native[1]:
+        return [native], ""
+    return [(3, side, side), native], ""
+
+
+def _create(name: str, size: tuple[int, int, int], native: tuple[int, int, int], kwargs: dict) -> nn.Module:
+    torch.manual_seed(seed_for(name))
+    if size == native:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=False, img_size=size[1:], **kwargs)
+    except TypeError as exc:
+        if "img_size" not in str(exc):
+            raise
+    torch.manual_seed(seed_for(name))
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def build(name: str, small: int = SMALL_SIDE, dtype: torch.dtype = torch.float32) -> Built:
+    """Create `name` with random weights at the smallest size it accepts (see module docstring).
+
+    Raises:
+        Whatever timm raises when the model cannot be created or run at its native size.
+    """
+    cfg = get_pretrained_cfg(name)
+    head_added = not cfg.num_classes
+    kwargs = {"num_classes": DEFAULT_HEAD_CLASSES} if head_added else {}
+    sizes, note = candidate_sizes(name, small)
+    native = sizes[-1]
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        for i, size in enumerate(sizes):
+            try:
+                module = _create(name, size, native, kwargs).eval()
+                module.pretrained_cfg = dict(module.pretrained_cfg, input_size=size)
+                x = torch.randn(2, *size, generator=torch.Generator().manual_seed(1), dtype=dtype)
+                with torch.no_grad():
+                    module(x)
+            except Exception as exc:  # too small for this model: the native size is the fallback
+                if i == len(sizes) - 1:
+                    raise
+                note = f"native: {size[1]}px failed ({_first_line(exc)})"
+                continue
+            woken = wake_residual_scales(module, name)
+            init_note = calibrate_batchnorm(module, x)
+            if woken:
+                init_note = f"{woken} near-zero residual scales set to U(0.1, 0.3); {init_note}"
+            randomize_classifier(module, name)
+            return Built(module, size, native, note, head_added, str(dtype).removeprefix("torch."), init_note)
+    finally:
+        torch.set_default_dtype(previous)
+    raise AssertionError("unreachable: the last size either returns or raises")
+
+
+def wake_residual_scales(module: nn.Module, name: str) -> int:
+    """Set vector parameters that start below 1e-3 (not biases, tokens or embeddings) to U(0.1, 0.3).
+
+    Returns how many tensors were changed.
+    """
+    gen = torch.Generator().manual_seed(seed_for(name) + 3)
+    changed = 0
+    with torch.no_grad():
+        for pname, p in module.named_parameters():
+            leaf = pname.rsplit(".", 1)[-1]
+            if any(k in leaf for k in ("bias", "token", "embed", "pos")):
+                continue
+            if p.numel() > 1 and p.numel() == max(p.shape) and float(p.detach().abs().amax()) < 1e-3:
+                p.copy_(0.1 + 0.2 * torch.rand(p.shape, generator=gen))
+                changed += 1
+    return changed
+
+
+def calibrate_batchnorm(module: nn.Module, x: torch.Tensor) -> str:
+    """Set BatchNorm running statistics from a training-mode pass on `x` (see module docstring)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return "no BatchNorm"
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        if m.track_running_stats:
+            m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    try:
+        with torch.no_grad():
+            module(x)
+    except Exception as exc:  # some models cannot run in training mode: perturb the statistics instead
+        gen = torch.Generator().manual_seed(2)
+        for m in norms:
+            if m.running_mean is not None:
+                m.reset_running_stats()
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
+                m.running_var.copy_(0.8 + 0.45 * torch.rand(m.running_var.shape, generator=gen))
+        return f"{len(norms)} BatchNorm layers perturbed (training-mode pass failed: {_first_line(exc)})"
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        module.eval()
+    return f"{len(norms)} BatchNorm layers calibrated on a random batch"
+
+
+def classifier_modules(module: nn.Module, name: str) -> list[nn.Module]:
+    """The final classifier(s): ``pretrained_cfg['classifier']`` names and `get_classifier()`."""
+    found: list[nn.Module] = []
+    names = get_pretrained_cfg(name).classifier or ()
+    for path in (names,) if isinstance(names, str) else names:
+        try:
+            found.append(module.get_submodule(path))
+        except AttributeError:
+            continue  # the config names a module this variant does not have; get_classifier covers it
+    head = module.get_classifier() if hasattr(module, "get_classifier") else None
+    for m in head if isinstance(head, tuple | list) else (head,):
+        if isinstance(m, nn.Module) and all(m is not f for f in found):
+            found.append(m)
+    return found
+
+
+def randomize_classifier(module: nn.Module, name: str) -> int:
+    """Re-draw the classifier's parameters; returns how many tensors were changed."""
+    gen = torch.Generator().manual_seed(seed_for(name) + 1)
+    changed = 0
+    with torch.no_grad():
+        for head in classifier_modules(module, name):
+            for sub in head.modules():
+                changed += _redraw(sub, gen)
+    return changed
+
+
+def _redraw(sub: nn.Module, gen: torch.Generator) -> int:
+    weight = getattr(sub, "weight", None)
+    bias = getattr(sub, "bias", None)
+    changed = 0
+    if isinstance(weight, nn.Parameter) and weight.dim() >= 2:
+        fan_in = math.prod(weight.shape[1:])
+        weight.copy_(torch.randn(weight.shape, generator=gen) / math.sqrt(fan_in))
+        changed += 1
+    elif isinstance(weight, nn.Parameter) and weight.dim() == 1:  # a norm's scale
+        weight.mul_(0.5 + torch.rand(weight.shape, generator=gen))
+        changed += 1
+    if isinstance(bias, nn.Parameter):
+        bias.copy_(torch.rand(bias.shape, generator=gen) - 0.5)
+        changed += 1
+    return changed

@@ -1,0 +1,224 @@
+"""One model of the sweep: build it, inspect it, run every registered method, check each result.
+
+A method's status is ``ok`` (it ran and its result passed the checks), ``refused`` (the method
+said it does not apply, with its reason) or ``failed`` (it raised, or a check failed; the
+note says which). Checks on every ok result: finite, the right shape, not constant. Extra
+checks:
+
+* ``cam``: Zhou et al.'s identity ``mean_xy CAM + offset == logit[target]`` to a relative
+  `CAM_TOL` (relative to the largest |logit| of the sample);
+* ``guided_backprop`` / ``deconvnet``: the result differs from the plain gradient, unless the
+  network has no activation whose rule they change (no activations, or only gates such as
+  sigmoid), in which case they must equal it.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import timm
+import torch
+
+import cnnviz
+
+from .build import Built, build, seed_for
+from .table import family_of, method_columns
+
+CAM_TOL = 1e-4
+CAM_TOL_BF16 = 2e-2
+"""bfloat16 has 8 bits of mantissa: the identity holds to about 1e-2 there."""
+
+GATES = frozenset({"sigmoid", "hardsigmoid", "tanh", "softmax"})
+"""Activations that guided backprop and deconvnet leave alone (they are gates, not rectifiers)."""
+
+RULE_METHODS = ("guided_backprop", "deconvnet")
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def probe(name: str, small: int = 160, dtype: torch.dtype = torch.float32) -> dict[str, object]:
+    """The sweep's row for one timm model name (never raises for a model's own failure)."""
+    t0 = time.perf_counter()
+    row: dict[str, object] = {
+        "name": name,
+        "family": family_of(name),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    try:
+        built = build(name, small, dtype)
+    except Exception as exc:
+        return _all_failed(row, f"build: {first_line(exc)}", t0)
+    row.update(_build_columns(built))
+    row["t_build"] = round(time.perf_counter() - t0, 2)
+    t1 = time.perf_counter()
+    try:
+        anatomy = cnnviz.inspect(built.module)
+    except Exception as exc:
+        return _all_failed(row, f"inspect: {first_line(exc)}", t0)
+    row.update(anatomy_columns(anatomy))
+    row["t_inspect"] = round(time.perf_counter() - t1, 2)
+    t2 = time.perf_counter()
+    x = torch.randn(1, *built.input_size, generator=torch.Generator().manual_seed(seed_for(name) + 2))
+    row.update(run_methods(built.module, x.to(dtype), anatomy, dtype))
+    row["t_explain"] = round(time.perf_counter() - t2, 2)
+    row["t_total"] = round(time.perf_counter() - t0, 2)
+    row["peak_rss_mb"] = peak_rss_mb()
+    return row
+
+
+def peak_rss_mb() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _all_failed(row: dict[str, object], reason: str, t0: float) -> dict[str, object]:
+    row["error"] = reason
+    for method in cnnviz.list_methods():
+        row[method.id] = "failed"
+        row[f"{method.id}_note"] = reason
+    row["t_total"] = round(time.perf_counter() - t0, 2)
+    row["peak_rss_mb"] = peak_rss_mb()
+    return row
+
+
+def _build_columns(built: Built) -> dict[str, object]:
+    params = sum(p.numel() for p in built.module.parameters())
+    return {
+        "params_m": round(params / 1e6, 3),
+        "head_added": built.head_added,
+        "native_size": "x".join(str(v) for v in built.native_size[1:]),
+        "input_size": "x".join(str(v) for v in built.input_size[1:]),
+        "size_note": built.size_note,
+        "dtype": built.dtype,
+        "init_note": built.init_note,
+    }
+
+
+def anatomy_columns(anatomy: cnnviz.Anatomy) -> dict[str, object]:
+    return {
+        "layout": anatomy.layout,
+        "map_shape": "x".join(str(v) for v in anatomy.shape),
+        "prefix_tokens": anatomy.num_prefix_tokens,
+        "source": anatomy.source,
+        "head_kind": anatomy.head_kind,
+        "head": anatomy.head,
+        "num_classes": anatomy.num_classes,
+        "cam_exact": anatomy.cam_exact,
+        "cam_reason": anatomy.cam_reason,
+        "activations": " ".join(anatomy.activations),
+    }
+
+
+def run_methods(
+    model: torch.nn.Module, x: torch.Tensor, anatomy: cnnviz.Anatomy, dtype: torch.dtype = torch.float32
+) -> dict[str, object]:
+    """Every registered method on `x`: all at once (shared passes), one by one if that raises."""
+    ids = [m.id for m in cnnviz.list_methods()]
+    out: dict[str, object] = {}
+    try:
+        ex = cnnviz.explain(model, x, methods=ids, strict=False)
+        results = {i: ex for i in ids}
+    except Exception as exc:
+        out["error"] = f"all methods together: {first_line(exc)}; methods run one by one"
+        results = {}
+        for i in ids:
+            try:
+                results[i] = cnnviz.explain(model, x, methods=[i], strict=False)
+            except Exception as one:
+                results[i] = one
+    tol = CAM_TOL if dtype == torch.float32 else CAM_TOL_BF16
+    plain = results.get("vanilla_gradient")
+    plain = (
+        plain["vanilla_gradient"].raw
+        if isinstance(plain, cnnviz.Explanation) and "vanilla_gradient" in plain.attributions
+        else None
+    )
+    for i in ids:
+        res = results[i]
+        if isinstance(res, Exception):
+            status, note = "failed", first_line(res)
+        elif i in res.refused:
+            status, note = "refused", res.refused[i]
+        else:
+            note = check(i, res, Context(x, anatomy, tol, plain, out))
+            status = "failed" if note else "ok"
+        out[i], out[f"{i}_note"] = status, note
+    return out
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the checks compare against: the input, the anatomy, the tolerance, the plain gradient."""
+
+    x: torch.Tensor
+    anatomy: cnnviz.Anatomy
+    tol: float
+    plain: torch.Tensor | None
+    out: dict = field(repr=False)
+
+
+def check(method: str, ex: cnnviz.Explanation, ctx: Context) -> str:
+    """Why the result of `method` is wrong ('' when it passes); extra columns go to `ctx.out`."""
+    raw = ex[method].raw
+    if cnnviz.get_method(method).family == "cam":
+        at_source = ex[method].layer == ctx.anatomy.source
+        expected = (ctx.x.shape[0], *ctx.anatomy.shape[1:]) if at_source else None
+    else:
+        expected = tuple(ctx.x.shape)
+    if expected is not None and tuple(raw.shape) != expected:
+        return f"check: shape {tuple(raw.shape)}, expected {expected}"
+    if not bool(torch.isfinite(raw).all()):
+        return "check: not finite"
+    if not bool(raw.amax() > raw.amin()):
+        return f"check: constant map (every value {float(raw.flatten()[0]):.3g})"
+    extra = EXTRA_CHECKS.get(method)
+    return extra(method, ex, ctx) if extra else ""
+
+
+def _check_cam(method: str, ex: cnnviz.Explanation, ctx: Context) -> str:
+    att = ex[method]
+    if att.offset is None:
+        return "check: cam returned no offset"
+    logits = ex.logits.double()
+    target_logit = logits.gather(1, ex.targets[:, None].to(logits.device))[:, 0]
+    lhs = att.raw.double().mean((-2, -1)) + att.offset.double()
+    scale = logits.abs().amax(1).clamp_min(1e-30)
+    err = float(((lhs - target_logit).abs() / scale).max())
+    ctx.out["cam_err"] = f"{err:.1e}"
+    if err > ctx.tol:
+        return f"check: mean(CAM) + offset != logit (relative error {err:.1e} > {ctx.tol:.0e})"
+    return ""
+
+
+def _check_rule(method: str, ex: cnnviz.Explanation, ctx: Context) -> str:
+    """Guided backprop / deconvnet change the gradient exactly where a rectifier is present."""
+    if ctx.plain is None:
+        return ""  # the plain gradient failed: its own status says so
+    modifiable = set(ctx.anatomy.activations) - GATES
+    diff = float((ex[method].raw - ctx.plain).abs().amax() / ctx.plain.abs().amax().clamp_min(1e-30))
+    ctx.out[f"{method}_vs_plain"] = f"{diff:.1e}"
+    if modifiable and diff <= 1e-6:
+        return f"check: equals the plain gradient although the network has {', '.join(sorted(modifiable))}"
+    if not modifiable and diff > 1e-5:
+        return f"check: differs from the plain gradient ({diff:.1e}) with no activation to modify"
+    return ""
+
+
+EXTRA_CHECKS: dict[str, Callable[[str, cnnviz.Explanation, Context], str]] = {
+    "cam": _check_cam,
+    **dict.fromkeys(RULE_METHODS, _check_rule),
+}
+
+
+def columns() -> list[str]:
+    """CSV columns of a row, in order (method columns from the registry)."""
+    return method_columns([m.id for m in cnnviz.list_methods()])
+
+
+def versions() -> dict[str, str]:
+    return {"cnnviz": cnnviz.__version__, "torch": torch.__version__, "timm": timm.__version__}

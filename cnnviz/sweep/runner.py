@@ -1,0 +1,221 @@
+"""Run the sweep: one process per model, a timeout and a memory cap each, rows written as they finish.
+
+Processes come from a ``forkserver`` that has already imported torch, timm and cnnviz, so a
+model starts in well under a second instead of the ~4 s an interpreter needs to import torch,
+and still runs in its own address space: a crash, a hang or a memory blow-up costs that model
+only (its row says ``failed`` with the cause). The memory cap is ``RLIMIT_AS`` set in the child
+to its address space at start plus the model's budget.
+
+Models too large for ``--mem-gb`` in float32 (from their parameter count) run alone, with
+``--big-mem-gb`` and 4x the timeout; when even that cannot hold them in float32 they run in
+bfloat16 (the CSV's ``dtype`` column says so), and when it cannot hold them at all the row says
+how much memory they would need.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import multiprocessing.connection as mpc
+import os
+import resource
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .catalog import param_count
+from .table import RowWriter, family_of, read_rows, sort_file
+
+GIB = 2**30
+OVERHEAD_GB = 1.5
+"""Memory beyond the parameters: activations at the small input, autograd, allocator slack."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-model resources. Times in seconds, memory in GiB of address space above the imports."""
+
+    timeout: float = 600.0
+    mem_gb: float = 8.0
+    big_mem_gb: float = 16.0
+    jobs: int = 1
+    small: int = 160
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "mem_gb", "big_mem_gb", "jobs", "small"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one model runs: dtype, memory cap, timeout, whether it needs the machine alone."""
+
+    name: str
+    dtype: str
+    mem_gb: float
+    timeout: float
+    exclusive: bool
+    threads: int
+    refusal: str = ""
+
+
+def plan_for(name: str, params: int, limits: Limits) -> Plan:
+    """Pick float32 within ``mem_gb``, else alone with ``big_mem_gb`` (float32, then bfloat16)."""
+    need32 = params * 4 / GIB + OVERHEAD_GB
+    need16 = params * 2 / GIB + OVERHEAD_GB
+    if need32 <= limits.mem_gb:
+        return Plan(name, "float32", limits.mem_gb, limits.timeout, False, 1)
+    big = (limits.big_mem_gb, 4 * limits.timeout, True, limits.jobs)
+    if need32 <= limits.big_mem_gb:
+        return Plan(name, "float32", *big)
+    if need16 <= limits.big_mem_gb:
+        return Plan(name, "bfloat16", *big)
+    return Plan(
+        name,
+        "bfloat16",
+        *big,
+        refusal=f"needs about {need16:.0f} GiB even in bfloat16 ({params / 1e9:.1f}B parameters), "
+        f"above --big-mem-gb {limits.big_mem_gb:g}",
+    )
+
+
+def _vm_size_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _child(plan: Plan, small: int, conn: mpc.Connection) -> None:
+    """Entry point of a model's process: cap memory, run the probe, send the row back."""
+    from .probe import probe
+
+    cap = _vm_size_bytes() + int(plan.mem_gb * GIB)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    torch.set_num_threads(plan.threads)
+    row = probe(plan.name, small, getattr(torch, plan.dtype))
+    conn.send(row)
+    conn.close()
+
+
+def failed_row(name: str, reason: str, method_ids: list[str]) -> dict[str, object]:
+    row: dict[str, object] = {"name": name, "family": family_of(name), "error": reason}
+    for m in method_ids:
+        row[m], row[f"{m}_note"] = "failed", reason
+    return row
+
+
+@dataclass
+class _Running:
+    plan: Plan
+    proc: mp.process.BaseProcess
+    conn: mpc.Connection
+    start: float
+
+
+def _context() -> mp.context.BaseContext:
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "timm", "cnnviz", "cnnviz.sweep.probe"])
+    return ctx
+
+
+def _exit_reason(proc: mp.process.BaseProcess, plan: Plan) -> str:
+    code = proc.exitcode
+    if code is not None and code < 0:
+        sig = signal.Signals(-code).name
+        hint = " (likely out of memory)" if -code in (signal.SIGKILL, signal.SIGABRT) else ""
+        return f"crashed: killed by {sig}{hint}; memory cap {plan.mem_gb:g} GiB"
+    return f"crashed: exit code {code} without a result; memory cap {plan.mem_gb:g} GiB"
+
+
+def run(
+    names: list[str],
+    out: str | os.PathLike,
+    limits: Limits,
+    columns: list[str],
+    on_row: Callable[[dict[str, object]], None] | None = None,
+) -> int:
+    """Probe `names` into the CSV `out` (skipping names already there); returns rows written."""
+    done = {r["name"] for r in read_rows(out)}
+    todo = [n for n in names if n not in done]
+    plans = [plan_for(n, param_count(n), limits) for n in todo]
+    # The big ones last, so that the many small models are not held up behind them.
+    queue = deque(sorted(plans, key=lambda p: (p.exclusive, p.name)))
+    method_ids = [c for c in columns if f"{c}_note" in columns]
+    running: list[_Running] = []
+    written = 0
+    ctx = _context()
+    with RowWriter(out, columns) as writer:
+
+        def emit(row: dict[str, object]) -> None:
+            nonlocal written
+            writer.write(row)
+            written += 1
+            if on_row:
+                on_row(row)
+
+        while queue or running:
+            while queue and _can_start(queue[0], running, limits.jobs):
+                plan = queue.popleft()
+                if plan.refusal:
+                    emit(failed_row(plan.name, f"not run: {plan.refusal}", method_ids))
+                    continue
+                receive, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(
+                    target=_child, args=(plan, limits.small, send), name=plan.name, daemon=True
+                )
+                proc.start()
+                send.close()
+                running.append(_Running(plan, proc, receive, time.monotonic()))
+            if running:
+                for row in _collect(running, method_ids):
+                    emit(row)
+    return written
+
+
+def _can_start(plan: Plan, running: list[_Running], jobs: int) -> bool:
+    if plan.refusal:
+        return True
+    if any(r.plan.exclusive for r in running):
+        return False
+    return not running if plan.exclusive else len(running) < jobs
+
+
+def _collect(running: list[_Running], method_ids: list[str]) -> list[dict[str, object]]:
+    """Wait until a model finishes or times out; its rows (and remove it from `running`)."""
+    now = time.monotonic()
+    wait_s = max(0.0, min(r.start + r.plan.timeout - now for r in running))
+    ready = set(mpc.wait([r.conn for r in running] + [r.proc.sentinel for r in running], timeout=wait_s))
+    rows = []
+    for r in list(running):
+        row = None
+        if r.conn in ready or r.proc.sentinel in ready:
+            try:
+                row = r.conn.recv() if r.conn.poll() else None
+            except EOFError:
+                row = None
+            r.proc.join(timeout=30)
+            if row is None and r.proc.exitcode is None:
+                continue  # the pipe closed but the process lingers: its timeout will catch it
+            if row is None:
+                row = failed_row(r.plan.name, _exit_reason(r.proc, r.plan), method_ids)
+        elif time.monotonic() - r.start >= r.plan.timeout:
+            r.proc.kill()
+            r.proc.join()
+            row = failed_row(r.plan.name, f"timeout after {r.plan.timeout:g} s", method_ids)
+        if row is not None:
+            r.conn.close()
+            running.remove(r)
+            row.setdefault("t_total", round(time.monotonic() - r.start, 2))
+            rows.append(row)
+    return rows
+
+
+def finish(out: str | os.PathLike, columns: list[str]) -> int:
+    """Sort the CSV by name (after a run, or to tidy a partial one); returns the row count."""
+    return sort_file(out, columns)
