@@ -15,6 +15,7 @@ import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 from safetensors.torch import save_file
+from timm.data import ImageNetInfo
 
 import cnnviz
 from cnnviz import hub, zoo
@@ -378,6 +379,12 @@ def test_curated_model_fields():
     assert len(m.class_names) == 1000
     x = m.preprocess(picture())
     assert x.shape == (1, 3, 224, 224) and x.device == m.device
+
+
+def test_in21k_miil_head_gets_its_own_names():
+    m = zoo.load_model("mobilenetv3_large_100.miil_in21k", weights="random")
+    assert m.module.num_classes == len(m.class_names) == 11221
+    assert m.class_names == tuple(ImageNetInfo("imagenet-21k-miil").label_descriptions())
 
 
 def test_other_timm_names_get_their_module_as_family():
