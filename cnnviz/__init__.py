@@ -11,6 +11,7 @@ from .anatomy import AnatomyError, inspect
 from .engine import explain
 from .methods import Method, get_method, list_methods
 from .types import Anatomy, Attribution, Explanation
+from .zoo import load_model as load_model
 
 __version__ = "0.1.0"
 
