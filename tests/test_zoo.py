@@ -509,3 +509,7 @@ def test_failed_build_is_not_cached_and_can_be_retried(monkeypatch):
         zoo.load_model(TINY, weights="random")
     monkeypatch.setattr(hub, "random_module", original)
     assert zoo.load_model(TINY, weights="random").random_weights
+
+
+def test_load_model_is_exported():
+    assert cnnviz.load_model is zoo.load_model
