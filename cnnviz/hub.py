@@ -138,7 +138,13 @@ def pretrained_module(name: str, settings: HubSettings | None = None) -> nn.Modu
 
 
 def random_module(name: str) -> nn.Module:
-    """`name` with random weights, seeded by the name: the same name gives the same weights."""
+    """`name` with random weights, seeded by the name: the same name gives the same weights.
+
+    timm initialises from torch's global CPU generator; it is seeded here and restored afterwards,
+    so the caller's random stream is untouched (CUDA generators are not involved: modules are built
+    on the CPU). Threads drawing from the global generator at the same moment would break the
+    reproducibility, not the model.
+    """
     with _RNG_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(zlib.crc32(name.encode("utf-8")))
+        torch.random.default_generator.manual_seed(zlib.crc32(name.encode("utf-8")))
         return timm.create_model(name, pretrained=False)

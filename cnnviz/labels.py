@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 import torch
@@ -32,8 +33,14 @@ def class_names(module: torch.nn.Module) -> tuple[str, ...]:
             return tuple(str(n) for n in names)
     subset = infer_imagenet_subset({"num_classes": num_classes})
     if subset is not None:
-        return tuple(ImageNetInfo(subset).label_descriptions())
+        return imagenet_names(subset)
     return fallback_names(num_classes)
+
+
+@cache
+def imagenet_names(subset: str) -> tuple[str, ...]:
+    """WordNet lemmas of an ImageNet subset known to timm (``imagenet-1k``, ``imagenet-12k``...)."""
+    return tuple(ImageNetInfo(subset).label_descriptions())
 
 
 def fallback_names(num_classes: int) -> tuple[str, ...]:

@@ -77,6 +77,8 @@ def weights_policy(weights: str | None = None, pretrained: bool | None = None) -
     source = "weights"
     if weights is None:
         weights, source = os.environ.get("CNNVIZ_WEIGHTS", "").strip() or "hub", "CNNVIZ_WEIGHTS"
+    if isinstance(weights, str) and weights.strip().lower() in WEIGHTS_POLICIES:
+        weights = weights.strip().lower()
     if weights not in WEIGHTS_POLICIES:
         close = difflib.get_close_matches(str(weights), WEIGHTS_POLICIES, n=1)
         raise ValueError(

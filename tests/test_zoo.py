@@ -246,6 +246,7 @@ def test_weights_policy(monkeypatch):
     monkeypatch.setenv("CNNVIZ_WEIGHTS", "auto")
     assert zoo.weights_policy() == "auto"
     assert zoo.weights_policy("random") == "random"
+    assert zoo.weights_policy(" Random ") == "random"
     monkeypatch.setenv("CNNVIZ_WEIGHTS", "radnom")
     with pytest.raises(
         ValueError, match=r"CNNVIZ_WEIGHTS: unknown weights policy 'radnom'.*did you mean 'random'"
@@ -296,6 +297,26 @@ def test_hub_cache_found_through_hf_home(monkeypatch, tmp_path):
     assert same_state(zoo.load_model(TINY, weights="hub").module, tensors)
 
 
+@pytest.mark.parametrize("env_offline", [True, False])
+def test_offline_setting_is_read_at_call_time(monkeypatch, tmp_path, env_offline):
+    """huggingface_hub reads HF_HUB_OFFLINE at import; the zoo honours its value at call time."""
+    write_hub_cache(tmp_path / "hf-cache", TINY)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if env_offline else "0")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", not env_offline)  # imported under the other value
+    real_create = hub.timm.create_model
+    seen = []
+
+    def spy(name, pretrained, cache_dir):
+        seen.append((hf_constants.HF_HUB_OFFLINE, cache_dir))
+        return real_create(name, pretrained=False)  # no Hub traffic: only the setting is checked
+
+    monkeypatch.setattr(hub.timm, "create_model", spy)
+    zoo.load_model(TINY, weights="hub")
+    assert seen == [(env_offline, str(tmp_path / "hf-cache"))]
+    assert hf_constants.HF_HUB_OFFLINE is (not env_offline)  # restored afterwards
+
+
 def test_offline_without_cache_is_one_clear_line():
     start = time.perf_counter()
     with pytest.raises(zoo.WeightsUnavailableError) as info:
@@ -329,7 +350,11 @@ def test_auto_falls_back_to_random_weights_and_says_so(monkeypatch, tmp_path):
 
 
 def test_random_weights_are_reproducible_per_name():
+    torch.manual_seed(5)
+    expected_next = torch.rand(3)
+    torch.manual_seed(5)
     a = zoo.load_model(TINY, weights="random")
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's random stream is untouched
     assert a.random_weights and a.weights_note == "" and a.display_name == f"{TINY} (random weights)"
     zoo.clear_cache()
     b = zoo.load_model(TINY, weights="random")
