@@ -158,15 +158,24 @@ def resolve_model(name: str | None, settings: AppSettings) -> str:
 
 
 def method_status(anatomy: Anatomy, layer: str | None) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """(label, id) of the methods that apply to this model at this layer; id -> reason for the rest."""
-    usable, refused = [], {}
+    """Every method as a (label, id) choice, flagged "n/a" where it does not apply; id -> reason.
+
+    All ids stay choices, so a request that still names a refused method (the page sends the
+    old selection while it updates) gets a grey tile with the reason rather than a refusal.
+    """
+    choices, refused = [], {}
     for method in cnnviz.list_methods():
         reason = method.refusal(anatomy, layer_is_final=layer is None)
         if reason:
             refused[method.id] = reason
-        else:
-            usable.append((method.label, method.id))
-    return usable, refused
+        choices.append((f"{method.label} (n/a)" if reason else method.label, method.id))
+    return choices, refused
+
+
+def kept_methods(selected: Sequence[str] | None, refused: Mapping[str, str]) -> list[str]:
+    """The selection minus the refused methods, or the default selection when nothing is left."""
+    usable = [m.id for m in cnnviz.list_methods() if m.id not in refused]
+    return [m for m in (selected or []) if m in usable] or default_methods(usable)
 
 
 def default_methods(usable_ids: Sequence[str]) -> list[str]:
@@ -247,31 +256,35 @@ def anatomy_markdown(model: Model) -> str:
     """The anatomy panel: where the map comes from, its layout and shape, the head, the CAM badge."""
     a = model.anatomy
     c, h, w = a.shape
-    badge = "✅ **CAM exact**" if a.cam_exact else f"⚠️ **CAM not exact**: {a.cam_reason}"
-    weights = (
-        "⚠️ random weights (the Hub was unreachable): maps and predictions are meaningless"
-        if model.random_weights
-        else f"pretrained ({model.weights_source})"
-    )
+    if a.cam_exact:
+        badge = '<span class="cnnviz-badge cnnviz-ok">CAM exact</span>'
+    else:
+        badge = f'<span class="cnnviz-badge cnnviz-warn">CAM not exact</span> {a.cam_reason}'
+    if model.random_weights:
+        why = model.weights_note or "CNNVIZ_WEIGHTS=random"
+        weights = f"**random weights** ({why}): maps and predictions are meaningless"
+    else:
+        weights = "pretrained, from the Hugging Face Hub"
+    name = f"`{model.name}`" + (f" ({model.label})" if model.label and model.label != model.name else "")
+    grid = f", {a.num_prefix_tokens} prefix token(s), grid {a.grid[0]}×{a.grid[1]}" if a.grid else ""
     rows = [
-        ("model", f"`{model.name}` ({model.label})" if model.label else f"`{model.name}`"),
-        ("weights", weights),
-        ("map taken from", f"`{a.source}`" + (f" — {a.source_note}" if a.source_note else "")),
-        ("layout", a.layout + (f" ({a.num_prefix_tokens} prefix tokens, grid {a.grid})" if a.grid else "")),
-        ("map shape", f"C={c}, H={h}, W={w} at input {a.input_size[1]}×{a.input_size[2]}"),
-        ("head", f"{a.head} [{a.head_kind}], {a.num_classes} classes"),
-        ("activations", ", ".join(a.activations) or "none"),
-        ("stages", ", ".join(f"`{s}`" for s in a.stages) or "none"),
+        ("Model", name),
+        ("Weights", weights),
+        ("Map taken from", f"`{a.source}`" + (f": {a.source_note}" if a.source_note else "")),
+        ("Layout", f"{a.layout}{grid}"),
+        ("Map shape", f"C={c}, H={h}, W={w} at input {a.input_size[1]}×{a.input_size[2]}"),
+        ("Head", f"{a.head} [{a.head_kind}], {a.num_classes} classes"),
+        ("Activations", ", ".join(a.activations) or "none"),
+        ("Stages", ", ".join(f"`{s}`" for s in a.stages) or "none"),
     ]
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return f"{badge}\n\n| | |\n|---|---|\n{table}\n"
+    return f"{badge}\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in rows) + "\n"
 
 
 def refused_markdown(refused: Mapping[str, str]) -> str:
     if not refused:
-        return "All methods apply to this model."
-    lines = [f"- **{cnnviz.get_method(m).label}** not offered: {why}" for m, why in refused.items()]
-    return "\n".join(["Not offered for this model and layer:", *lines])
+        return "All methods apply to this model and layer."
+    lines = [f"- **{cnnviz.get_method(m).label}**: {why}" for m, why in refused.items()]
+    return "\n".join(["Marked n/a (a grey tile if chosen anyway):", *lines])
 
 
 def methods_markdown() -> str:
@@ -469,6 +482,34 @@ def compare_grid(
             cells.append(cell.resize((CELL, CELL)))
             captions.append(f"{m.label or m.name} · {label}\n{top1}")
     return render.grid(cells, captions, ncols=len(methods)), pictures, arrays
+
+
+def compare_table(rows: Sequence[CompareRow]) -> str:
+    """One line per model: its top-1 class and probability, whether CAM is exact, its weights."""
+    lines = ["| model | top-1 | p | CAM | weights |", "|---|---|---|---|---|"]
+    for row in rows:
+        m, ex = row.model, row.explanation
+        t = int(ex.targets[0])
+        cam = "exact" if m.anatomy.cam_exact else "not exact"
+        weights = "random" if m.random_weights else "pretrained"
+        p = float(ex.probabilities[0, t])
+        lines.append(f"| `{m.name}` | {short_name(m.class_names[t])} | {p:.1%} | {cam} | {weights} |")
+    return "\n".join(lines)
+
+
+def compare_defaults(default_model: str, n: int = 3) -> list[str]:
+    """The default model, then the first curated model of each following family, `n` in all."""
+    picked, families = [default_model], set()
+    for entry in zoo.curated():
+        if entry.id == default_model:
+            families.add(entry.family)
+    for entry in zoo.curated():
+        if len(picked) >= n:
+            break
+        if entry.family not in families and entry.id not in picked:
+            picked.append(entry.id)
+            families.add(entry.family)
+    return picked
 
 
 def run_compare(

@@ -28,12 +28,17 @@ LATEX = [
 CSS = """
 #cnnviz-banner {background: #fff4e5; border-left: 4px solid #f59e0b; padding: 8px 12px;}
 #cnnviz-gallery .caption-label {white-space: normal;}
+.cnnviz-badge {display: inline-block; padding: 2px 10px; border-radius: 999px; font-weight: 600;}
+.cnnviz-ok {background: #dcfce7; color: #166534;}
+.cnnviz-warn {background: #fef3c7; color: #92400e;}
 """
 RANDOM_BANNER = (
-    "⚠️ **Random weights.** The pretrained weights could not be downloaded (no Hub access and no "
-    "local cache), so the models run on random weights: the pictures show how the methods work, "
-    "not what a trained network looks at. Every caption says so."
+    "⚠ **Random weights.** {why}, so the models run on random weights: the pictures show how the "
+    "methods work, not what a trained network looks at. Every caption says so."
 )
+NO_HUB = "The pretrained weights could not be had (no Hub access and no local cache)"
+RANDOM_ON_PURPOSE = "This deployment is set to CNNVIZ_WEIGHTS=random"
+PREDICTIONS = "Top-5 predictions"
 IMAGE_SOURCES = ["upload", "clipboard", "webcam"]
 PROGRESS = gr.Progress()  # Gradio swaps in a tracker per event; a shared default is safe
 MODEL_EVENTS = "cnnviz-models"  # one concurrency group for every event that runs a model
@@ -99,17 +104,16 @@ class App:
         return self.pool.get(resolved)
 
     def banner(self, random_weights: bool) -> dict:
-        return gr.update(value=RANDOM_BANNER, visible=random_weights)
+        why = RANDOM_ON_PURPOSE if self.settings.weights == "random" else NO_HUB
+        return gr.update(value=RANDOM_BANNER.format(why=why), visible=random_weights)
 
     # -- Explain tab ---------------------------------------------------------------------------
     def on_model(self, name: str, selected: list[str] | None, progress=PROGRESS):
         """A model was chosen: offer its methods, layers and classes, and show its anatomy."""
         model, _ = self.model(name, progress)
-        usable, refused = core.method_status(model.anatomy, None)
-        ids = [mid for _, mid in usable]
-        keep = [m for m in (selected or []) if m in ids] or core.default_methods(ids)
+        choices, refused = core.method_status(model.anatomy, None)
         return (
-            gr.update(choices=usable, value=keep),
+            gr.update(choices=choices, value=core.kept_methods(selected, refused)),
             core.refused_markdown(refused),
             gr.update(choices=[core.FINAL, *model.anatomy.stages], value=core.FINAL),
             gr.update(choices=core.class_choices(model.class_names), value=core.TOP1),
@@ -120,10 +124,10 @@ class App:
     def on_layer(self, name: str, layer: str, selected: list[str] | None):
         """A layer was chosen: some methods (CAM) only apply at the final map."""
         model, _ = self.model(name)
-        usable, refused = core.method_status(model.anatomy, core.parse_layer(layer, model.anatomy))
-        ids = [mid for _, mid in usable]
-        keep = [m for m in (selected or []) if m in ids] or core.default_methods(ids)
-        return gr.update(choices=usable, value=keep), core.refused_markdown(refused)
+        choices, refused = core.method_status(model.anatomy, core.parse_layer(layer, model.anatomy))
+        return gr.update(choices=choices, value=core.kept_methods(selected, refused)), core.refused_markdown(
+            refused
+        )
 
     def explain(
         self,
@@ -161,9 +165,19 @@ class App:
             core.anatomy_markdown(model),
             result.notes,
             str(result.archive),
-            self.banner(model.random_weights),
             list(result.top),
         )
+
+    def weights_notice(self, name: str):
+        """After an explanation: say "random weights" on the predictions panel and the banner."""
+        model, _ = self.model(name)
+        suffix = " · random weights" if model.random_weights else ""
+        return gr.update(label=PREDICTIONS + suffix), self.banner(model.random_weights)
+
+    def compare_notice(self, names: list[str]):
+        """After a comparison: the banner shows when any of the models runs on random weights."""
+        models = [self.model(n)[0] for n in names or []]
+        return self.banner(any(m.random_weights for m in models))
 
     def pick_target(self, top: list, evt: gr.SelectData):
         """A click on a predicted class makes it the target class."""
@@ -197,19 +211,10 @@ class App:
         grid, pictures, arrays = core.compare_grid(
             rows, method_ids, colormap, float(alpha), bool(shared_scale)
         )
-        table = ["| model | top-1 | probability | CAM | weights |", "|---|---|---|---|---|"]
-        for row in rows:
-            t = int(row.explanation.targets[0])
-            cam = "exact" if row.model.anatomy.cam_exact else "not exact"
-            prob = float(row.explanation.probabilities[0, t])
-            weights = "random" if row.model.random_weights else "pretrained"
-            table.append(
-                f"| `{row.model.name}` | {row.model.class_names[t]} | {prob:.1%} | {cam} | {weights} |"
-            )
+        table = core.compare_table(rows)
         meta = {"models": names, "methods": method_ids, "shared_scale": bool(shared_scale)}
         archive = core.write_zip(self.archives.new_zip("cnnviz-compare"), arrays, pictures, meta)
-        pictures_random = any(r.model.random_weights for r in rows)
-        return grid, "\n".join(table), str(archive), self.banner(pictures_random)
+        return grid, table, str(archive)
 
 
 def _model_dropdown(app: App, label: str, multiselect: bool = False, value: Any = None) -> gr.Dropdown:
@@ -240,7 +245,8 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
                 [(m.label, m.id) for m in methods],
                 value=core.default_methods([m.id for m in methods]),
                 label="Methods",
-                info="Only the methods that apply to this model and layer are offered",
+                info="Methods marked n/a do not apply to this model and layer (reasons below)",
+                elem_id="cnnviz-methods",
             )
             refused = gr.Markdown(elem_id="cnnviz-refused")
             with gr.Accordion("Target, layer and colours", open=False):
@@ -262,13 +268,12 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
             gallery = gr.Gallery(
                 label="Overlays",
                 columns=3,
-                height="auto",
                 object_fit="contain",
                 format="png",
                 elem_id="cnnviz-gallery",
             )
             with gr.Row():
-                predictions = gr.Label(num_top_classes=5, label="Top-5 predictions (click one to explain it)")
+                predictions = gr.Label(num_top_classes=5, label=PREDICTIONS, elem_id="cnnviz-predictions")
                 with gr.Column():
                     anatomy = gr.Markdown(label="Anatomy", elem_id="cnnviz-anatomy")
             notes = gr.Markdown()
@@ -293,28 +298,31 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
     )
 
     explain_inputs = [image, model, method_box, target, layer, colormap, alpha]
-    explain_outputs = [predictions, gallery, anatomy, notes, download, banner, top_state]
-    explain_fn = user_errors(app.explain)
-    run.click(explain_fn, explain_inputs, explain_outputs, api_name="explain", concurrency_id=MODEL_EVENTS)
-    examples.load_input_event.then(
-        explain_fn,
+    explain_outputs = [predictions, gallery, anatomy, notes, download, top_state]
+
+    def then_explain(event: Any, **kwargs: Any) -> None:
+        event.then(
+            user_errors(app.explain), explain_inputs, explain_outputs, concurrency_id=MODEL_EVENTS, **kwargs
+        ).success(
+            user_errors(app.weights_notice), [model], [predictions, banner], api_visibility="undocumented"
+        )
+
+    run.click(
+        user_errors(app.explain),
         explain_inputs,
         explain_outputs,
-        api_visibility="undocumented",
+        api_name="explain",
         concurrency_id=MODEL_EVENTS,
-    )
-    predictions.select(app.pick_target, [top_state], [target], api_visibility="undocumented").then(
-        explain_fn,
-        explain_inputs,
-        explain_outputs,
+    ).success(user_errors(app.weights_notice), [model], [predictions, banner], api_visibility="undocumented")
+    then_explain(examples.load_input_event, api_visibility="undocumented")
+    then_explain(
+        predictions.select(app.pick_target, [top_state], [target], api_visibility="undocumented"),
         api_visibility="undocumented",
-        concurrency_id=MODEL_EVENTS,
     )
 
 
 def _compare_tab(app: App, banner: gr.Markdown) -> None:
-    ids = [mid for _, mid in core.model_choices()]
-    default_models = list(dict.fromkeys([app.settings.default_model, *ids]))[:3]
+    default_models = core.compare_defaults(app.settings.default_model)
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):
             image = image_input(label="Image", height=260, elem_id="cnnviz-compare-image")
@@ -322,7 +330,7 @@ def _compare_tab(app: App, banner: gr.Markdown) -> None:
             models = _model_dropdown(app, f"Models (up to {app.settings.max_compare})", True, default_models)
             methods = gr.CheckboxGroup(
                 [(m.label, m.id) for m in cnnviz.list_methods()],
-                value=["grad_cam", "guided_backprop"],
+                value=["cam", "grad_cam", "guided_backprop"],
                 label="Methods",
                 info="A method that does not apply to a model shows a grey tile with the reason",
             )
@@ -340,10 +348,10 @@ def _compare_tab(app: App, banner: gr.Markdown) -> None:
     run.click(
         user_errors(app.compare),
         [image, models, methods, colormap, alpha, shared],
-        [grid, table, download, banner],
+        [grid, table, download],
         api_name="compare",
         concurrency_id=MODEL_EVENTS,
-    )
+    ).success(user_errors(app.compare_notice), [models], [banner], api_visibility="undocumented")
 
 
 def build(settings: core.AppSettings | None = None) -> gr.Blocks:
@@ -355,7 +363,11 @@ def build(settings: core.AppSettings | None = None) -> gr.Blocks:
             "Gradients, deconvnet, guided backprop, CAM, Grad-CAM and guided Grad-CAM for any "
             "[timm](https://github.com/huggingface/pytorch-image-models) image classifier."
         )
-        banner = gr.Markdown(RANDOM_BANNER, visible=app.settings.weights == "random", elem_id="cnnviz-banner")
+        banner = gr.Markdown(
+            RANDOM_BANNER.format(why=RANDOM_ON_PURPOSE),
+            visible=app.settings.weights == "random",
+            elem_id="cnnviz-banner",
+        )
         with gr.Tab("Explain", id="explain"):
             _explain_tab(app, banner, demo)
         with gr.Tab("Compare", id="compare"):
@@ -370,4 +382,12 @@ def build(settings: core.AppSettings | None = None) -> gr.Blocks:
 
 def launch(demo: gr.Blocks, **kwargs: Any) -> None:
     """Start the server: 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise."""
-    demo.launch(theme=gr.themes.Soft(), css=CSS, show_error=True, **kwargs)
+    demo.launch(theme=theme(), css=CSS, show_error=True, **kwargs)
+
+
+def theme() -> gr.themes.Base:
+    """Gradio's Soft theme with the system's fonts: nothing to fetch, the same look offline."""
+    return gr.themes.Soft(
+        font=("ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "DejaVu Sans", "sans-serif"),
+        font_mono=("ui-monospace", "SFMono-Regular", "Menlo", "DejaVu Sans Mono", "monospace"),
+    )

@@ -42,7 +42,7 @@ def client():
     from cnnviz import ui
 
     demo = ui.build(SETTINGS)
-    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    ui.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         yield gradio_client.Client(demo.local_url, verbose=False, analytics_enabled=False)
     finally:
@@ -79,7 +79,7 @@ def test_named_endpoints_are_explain_and_compare(client):
 
 
 def test_explain_two_methods_returns_predictions_overlays_and_maps(client):
-    predictions, gallery, anatomy, _notes, archive, _banner = explain(client, ["grad_cam", "guided_backprop"])
+    predictions, gallery, anatomy, _notes, archive = explain(client, ["grad_cam", "guided_backprop"])
     confidences = predictions["confidences"]
     assert len(confidences) == 5
     probs = [c["confidence"] for c in confidences]
@@ -103,13 +103,13 @@ def test_explain_two_methods_returns_predictions_overlays_and_maps(client):
 
 
 def test_target_class_changes_the_map_and_top1_index_reproduces_it(client):
-    *_, default_zip, _ = explain(client, ["grad_cam"])
+    *_, default_zip = explain(client, ["grad_cam"])
     maps, meta = read_zip(default_zip)
     top1 = meta["target"]["index"]
     other = (top1 + 1) % 1000
-    *_, same_zip, _ = explain(client, ["grad_cam"], target=str(top1))
+    *_, same_zip = explain(client, ["grad_cam"], target=str(top1))
     gallery_other = explain(client, ["grad_cam"], target=f"{other} · whatever label")[1]
-    *_, other_zip, _ = explain(client, ["grad_cam"], target=str(other))
+    *_, other_zip = explain(client, ["grad_cam"], target=str(other))
     np.testing.assert_allclose(read_zip(same_zip)[0]["grad_cam"], maps["grad_cam"], rtol=1e-5, atol=1e-6)
     other_maps, other_meta = read_zip(other_zip)
     assert other_meta["target"]["index"] == other
@@ -145,7 +145,7 @@ def test_concurrent_requests_all_succeed(client):
 
 def test_compare_returns_one_grid_with_refusals_as_tiles(client):
     models, methods = ["test_resnet", "test_vit"], ["cam", "grad_cam"]
-    grid, table, archive, _banner = client.predict(
+    grid, table, archive = client.predict(
         gradio_client.handle_file(str(EXAMPLE)), models, methods, render.COLORMAPS[0], 0.5, True,
         api_name="/compare",
     )  # fmt: skip
@@ -154,12 +154,15 @@ def test_compare_returns_one_grid_with_refusals_as_tiles(client):
     assert all(f"`{m}." in table for m in models)  # canonical names: arch.tag
     maps, meta = read_zip(archive)
     assert meta["models"] == models
+    outcomes = set()
     for name in models:
         anatomy = cnnviz.inspect(timm.create_model(name))
         for method in methods:
             refused = cnnviz.get_method(method).refusal(anatomy) is not None
             drawn = any(k.startswith(f"{name}.") and k.endswith(f"__{method}") for k in maps)
             assert drawn != refused, (name, method)
+            outcomes.add(refused)
+    assert outcomes == {True, False}  # the case covers a drawn cell and a refused (grey) one
 
 
 def test_compare_rejects_too_many_models(client):
@@ -197,14 +200,18 @@ def test_free_text_models_only_where_allowed():
 
 def test_methods_offered_follow_the_anatomy_and_layer():
     anatomy = cnnviz.inspect(timm.create_model("test_vit"))
-    usable, refused = core.method_status(anatomy, None)
-    ids = {mid for _, mid in usable}
-    assert ids | set(refused) == {m.id for m in cnnviz.list_methods()} and not ids & set(refused)
-    for mid, reason in refused.items():
-        assert reason == cnnviz.get_method(mid).refusal(anatomy)
-    if anatomy.stages:
-        _, refused_early = core.method_status(anatomy, anatomy.stages[0])
-        assert set(refused) <= set(refused_early)
+    choices, refused = core.method_status(anatomy, None)
+    assert [mid for _, mid in choices] == [m.id for m in cnnviz.list_methods()]
+    assert refused, "test_vit pools its class token: CAM must be refused"
+    for label, mid in choices:
+        reason = cnnviz.get_method(mid).refusal(anatomy)
+        assert refused.get(mid) == reason and label.endswith("(n/a)") == (reason is not None)
+    kept = core.kept_methods([*refused, "grad_cam"], refused)
+    assert kept == ["grad_cam"]
+    resnet = cnnviz.inspect(timm.create_model("test_resnet"))
+    assert core.method_status(resnet, None)[1] == {}
+    _, refused_early = core.method_status(resnet, resnet.stages[-2])
+    assert "cam" in refused_early  # CAM needs the final map's class weights
 
 
 def test_target_and_layer_parsing():

@@ -1,0 +1,138 @@
+"""A real browser (Debian's headless Chromium, driven by Playwright) uses the Explain tab.
+
+Playwright's own browser download cannot work offline, so the test drives /usr/bin/chromium.
+When it is missing the test installs it (as root with apt-get) or is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from cnnviz import app_logic as core
+
+pytestmark = [pytest.mark.browser, pytest.mark.app]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SETTINGS = core.AppSettings(weights="random", allow_any_model=True, default_model="test_resnet")
+
+
+def ensure_chromium() -> None:
+    """Install Debian's chromium if it is missing and we may; otherwise skip, saying why."""
+    if CHROMIUM.exists():
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip(
+            f"BROWSER TEST NOT RUN: {CHROMIUM} is missing and cannot be installed here (needs root and "
+            "apt-get). Install it with `apt-get install chromium` or run scripts/run_tests.sh as root."
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"BROWSER TEST NOT RUN: `{' '.join(cmd)}` failed: {done.stderr.strip()[-500:]}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    from cnnviz import ui
+
+    demo = ui.build(SETTINGS)
+    ui.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ensure_chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def gallery_captions(page) -> list[str]:
+    return [c.strip() for c in page.locator("#cnnviz-gallery .caption-label").all_inner_texts()]
+
+
+def test_upload_explain_shows_one_overlay_per_method(app_url, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url, wait_until="domcontentloaded")
+    page.locator("#cnnviz-anatomy").get_by_text("CAM exact").wait_for(timeout=60_000)  # load event ran
+
+    checked = page.locator("#cnnviz-methods label:has(input:checked)").all_inner_texts()
+    assert len(checked) >= 2, checked
+    page.locator("#cnnviz-image input[type=file]").set_input_files(str(core.EXAMPLES_DIR / "chelsea.jpg"))
+    page.locator("#cnnviz-image img").first.wait_for(timeout=30_000)
+    page.locator("#cnnviz-explain").click()
+    page.wait_for_function(
+        "n => document.querySelectorAll('#cnnviz-gallery img').length == n", arg=len(checked), timeout=90_000
+    )
+    captions = gallery_captions(page)
+    assert [c.split(" · ")[0] for c in captions] == [c.strip() for c in checked]
+    assert all(c.endswith("random weights") for c in captions), captions
+    assert page.locator("#cnnviz-banner").is_visible()
+    page.locator("#cnnviz-predictions").get_by_text("Top-5 predictions · random weights").wait_for(
+        timeout=30_000
+    )
+    shot = tmp_path / "explain.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    print(f"browser screenshot: {shot}")
+
+    # Clicking the third prediction makes it the target and explains it again.
+    third = page.locator("#cnnviz-predictions button, #cnnviz-predictions .confidence-set").nth(2)
+    third_name = third.inner_text().split("\n")[0].strip()
+    third.click()
+    page.wait_for_function(
+        "name => [...document.querySelectorAll('#cnnviz-gallery .caption-label')]"
+        ".every(c => c.textContent.includes(' · ' + name + ' · '))",
+        arg=third_name,
+        timeout=90_000,
+    )
+    page.close()
+
+
+def test_choosing_an_early_layer_marks_cam_not_applicable(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url, wait_until="domcontentloaded")
+    page.locator("#cnnviz-anatomy").get_by_text("CAM exact").wait_for(timeout=60_000)
+    cam = page.locator("#cnnviz-methods label", has=page.locator("input[name=cam]"))
+    assert cam.inner_text().strip() == "CAM"
+    page.get_by_text("Target, layer and colours").click()
+    page.get_by_label("Layer (CAM family)").click()
+    page.get_by_role("option", name="layer3", exact=True).click()
+    cam.get_by_text("CAM (n/a)").wait_for(timeout=30_000)
+    assert not page.locator("#cnnviz-methods input[name=cam]").is_checked()
+    assert "CAM" in page.locator("#cnnviz-refused").inner_text()
+    page.close()
