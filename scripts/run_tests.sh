@@ -23,6 +23,9 @@ fi
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export GRADIO_ANALYTICS_ENABLED="${GRADIO_ANALYTICS_ENABLED:-False}"
 export MPLBACKEND="${MPLBACKEND:-Agg}"
+# Two pytest-xdist workers with one torch thread each fill the two cores; two threads per worker
+# oversubscribe them (test_engine.py ran 4x slower that way on a loaded machine).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

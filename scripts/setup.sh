@@ -76,7 +76,7 @@ for have_mode in "$mode" test; do # a test install also covers the app
     fi
 done
 
-pip=("$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off)
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off --quiet)
 start=$SECONDS
 if [[ -n "$CNNVIZ_TORCH" ]]; then
     echo "setup.sh: installing $CNNVIZ_TORCH"
