@@ -69,7 +69,7 @@ def weights_policy(weights: str | None = None, pretrained: bool | None = None) -
     """``hub``, ``random`` or ``auto`` from the arguments, else ``CNNVIZ_WEIGHTS``, else ``hub``."""
     if pretrained is not None:
         implied = "hub" if pretrained else "random"
-        if weights is not None and weights != implied:
+        if weights is not None and str(weights).strip().lower() != implied:
             raise ValueError(
                 f"weights={weights!r} contradicts pretrained={pretrained}; pass only one of them"
             )
@@ -140,6 +140,10 @@ class Model:
     @property
     def random_weights(self) -> bool:
         return self.weights_source == "random"
+
+    def __repr__(self) -> str:
+        weights = "random weights" if self.random_weights else f"{self.weights_source} weights"
+        return f"Model({self.name!r}, {weights}, {len(self.class_names)} classes, device={self.device})"
 
     @property
     def display_name(self) -> str:
@@ -357,39 +361,41 @@ def load_model(
     dev = resolve_device(device)
     if policy == "random":
         return _CACHE.get_or_build(
-            (timm_name, "random", str(dev)), lambda: _build(timm_name, entry, dev, None)
+            (timm_name, "random", str(dev)), lambda: _build(timm_name, entry, dev, pretrained=False)
         )
     try:
-        return _CACHE.get_or_build((timm_name, "hub", str(dev)), lambda: _build(timm_name, entry, dev, "hub"))
+        return _CACHE.get_or_build(
+            (timm_name, "hub", str(dev)), lambda: _build(timm_name, entry, dev, pretrained=True)
+        )
     except WeightsUnavailableError as exc:
         if policy == "hub":
             raise
         reason = exc.reason
     _log.warning("%s: no pretrained weights (%s); using random weights (weights=auto)", timm_name, reason)
     return _CACHE.get_or_build(
-        (timm_name, "auto-random", str(dev)), lambda: _build(timm_name, entry, dev, reason)
+        (timm_name, "auto-random", str(dev)),
+        lambda: _build(timm_name, entry, dev, pretrained=False, note=reason),
     )
 
 
-def _build(name: str, entry: ZooEntry | None, device: torch.device, hub_or_reason: str | None) -> Model:
-    """Create the module (real weights when `hub_or_reason` is "hub") and wrap it in a `Model`."""
-    if hub_or_reason == "hub":
-        module, source, why = hub.pretrained_module(name), "hub", ""
-    else:
-        module, source, why = hub.random_module(name), "random", hub_or_reason or ""
+def _build(
+    name: str, entry: ZooEntry | None, device: torch.device, pretrained: bool, note: str = ""
+) -> Model:
+    """Create the module with real or random weights and wrap it in a `Model`."""
+    module = hub.pretrained_module(name) if pretrained else hub.random_module(name)
     module = module.eval().to(device)
     return Model(
         name=name,
         module=module,
         preprocessor=Preprocessor.for_model(module),
         class_names=class_names(module),
-        weights_source=source,
+        weights_source="hub" if pretrained else "random",
         device=device,
         label=entry.label if entry else name,
         family=entry.family if entry else _timm_module(name),
         note=entry.note if entry else "",
         entry=entry,
-        weights_note=why,
+        weights_note=note,
     )
 
 

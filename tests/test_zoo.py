@@ -283,7 +283,7 @@ def test_hub_weights_come_from_the_local_hub_cache(monkeypatch, tmp_path):
     m = zoo.load_model(TINY, weights="hub", device="cpu")
     assert same_state(m.module, tensors)
     assert (m.weights_source, m.random_weights, m.weights_note) == ("hub", False, "")
-    assert "random" not in m.display_name
+    assert "random" not in m.display_name and "random" not in repr(m)
     assert was_offline == hf_constants.HF_HUB_OFFLINE  # the call-time setting is undone
     zoo.clear_cache()
     assert same_state(zoo.load_model(TINY, pretrained=True).module, tensors)
@@ -356,6 +356,7 @@ def test_random_weights_are_reproducible_per_name():
     a = zoo.load_model(TINY, weights="random")
     assert torch.equal(torch.rand(3), expected_next)  # the caller's random stream is untouched
     assert a.random_weights and a.weights_note == "" and a.display_name == f"{TINY} (random weights)"
+    assert "random weights" in repr(a)
     zoo.clear_cache()
     b = zoo.load_model(TINY, weights="random")
     assert a is not b and same_state(b.module, a.module.state_dict())
