@@ -2,7 +2,8 @@
 
 Gradio's API moves between majors (6.x moved ``theme``/``css`` from ``Blocks()`` to ``launch()``),
 so nothing else imports Gradio: `app.py` only calls `build` and `launch`. The computing lives in
-`cnnviz.app_logic`, which raises `ValueError`; the handlers here turn that into `gr.Error`.
+`cnnviz.app_logic` and `cnnviz.app_results`, which raise `ValueError`; the handlers here turn
+that into `gr.Error`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from PIL import Image
 
 import cnnviz
 from cnnviz import app_logic as core
+from cnnviz import app_results as results
 from cnnviz import render
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,10 @@ LATEX = [
 ]
 CSS = """
 #cnnviz-banner {background: #fff4e5; border-left: 4px solid #f59e0b; padding: 8px 12px;}
-#cnnviz-gallery .caption-label {white-space: normal;}
+#cnnviz-gallery .caption-label {white-space: normal; font-size: 12px;}
+#cnnviz-gallery .gallery-container {height: auto !important;}
+#cnnviz-gallery .grid-wrap.fixed-height {min-height: 0 !important; height: auto !important;
+  max-height: none !important;}
 .cnnviz-badge {display: inline-block; padding: 2px 10px; border-radius: 999px; font-weight: 600;}
 .cnnviz-ok {background: #dcfce7; color: #166534;}
 .cnnviz-warn {background: #fef3c7; color: #92400e;}
@@ -95,7 +100,7 @@ class App:
     def __init__(self, settings: core.AppSettings):
         self.settings = settings
         self.pool = core.ModelPool(settings.weights)
-        self.archives = core.ArchiveDir()
+        self.archives = results.ArchiveDir()
 
     def model(self, name: str | None, progress: gr.Progress | None = None):
         resolved = core.resolve_model(name, self.settings)
@@ -149,7 +154,7 @@ class App:
         layer_name = core.parse_layer(layer, model.anatomy)
         progress(0.3, desc="explaining")
         with lock:
-            result = core.explain_one(
+            result = results.explain_one(
                 model,
                 picture,
                 [cnnviz.get_method(m).id for m in methods or []],
@@ -160,7 +165,7 @@ class App:
                 self.archives.new_zip(f"cnnviz-{model.name}"),
             )
         return (
-            core.label_dict(result.top),
+            results.label_dict(result.top),
             list(result.gallery),
             core.anatomy_markdown(model),
             result.notes,
@@ -207,13 +212,13 @@ class App:
         if not methods:
             raise ValueError("choose at least one method")
         method_ids = [cnnviz.get_method(m).id for m in methods]
-        rows = core.run_compare(self.pool, names, picture, method_ids, lambda f, d: progress(f, desc=d))
-        grid, pictures, arrays = core.compare_grid(
+        rows = results.run_compare(self.pool, names, picture, method_ids, lambda f, d: progress(f, desc=d))
+        grid, pictures, arrays = results.compare_grid(
             rows, method_ids, colormap, float(alpha), bool(shared_scale)
         )
-        table = core.compare_table(rows)
+        table = results.compare_table(rows)
         meta = {"models": names, "methods": method_ids, "shared_scale": bool(shared_scale)}
-        archive = core.write_zip(self.archives.new_zip("cnnviz-compare"), arrays, pictures, meta)
+        archive = results.write_zip(self.archives.new_zip("cnnviz-compare"), arrays, pictures, meta)
         return grid, table, str(archive)
 
 

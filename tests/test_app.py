@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import cnnviz
 from cnnviz import app_logic as core
+from cnnviz import app_results as results
 from cnnviz import render
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -150,7 +151,7 @@ def test_compare_returns_one_grid_with_refusals_as_tiles(client):
         api_name="/compare",
     )  # fmt: skip
     width, height = Image.open(grid).size
-    assert width >= len(methods) * core.CELL and height >= len(models) * core.CELL
+    assert width >= len(methods) * results.CELL and height >= len(models) * results.CELL
     assert all(f"`{m}." in table for m in models)  # canonical names: arch.tag
     maps, meta = read_zip(archive)
     assert meta["models"] == models
@@ -232,7 +233,7 @@ def test_target_and_layer_parsing():
 
 def test_label_dict_keeps_repeated_names_apart():
     top = [(134, "crane", 0.5), (517, "crane", 0.3), (1, "goldfish, Carassius auratus", 0.2)]
-    assert core.label_dict(top) == {"crane (#134)": 0.5, "crane (#517)": 0.3, "goldfish": 0.2}
+    assert results.label_dict(top) == {"crane (#134)": 0.5, "crane (#517)": 0.3, "goldfish": 0.2}
 
 
 def test_methods_and_support_pages_come_from_the_registry_and_zoo():

@@ -1,0 +1,226 @@
+"""What the app runs and hands back: overlays, comparison grids, placeholder tiles and zip downloads.
+
+Free of Gradio like `cnnviz.app_logic`; `cnnviz.ui` calls these under the model's lock.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+import cnnviz
+from cnnviz import render
+from cnnviz.app_logic import ModelPool, short_name, weights_note
+
+if TYPE_CHECKING:
+    from cnnviz.types import Explanation
+    from cnnviz.zoo import Model
+
+CELL = 224  # side of one cell of the compare grid, in pixels
+
+
+def placeholder(size: tuple[int, int], title: str, reason: str) -> Image.Image:
+    """A grey tile saying why a method does not apply."""
+    tile = Image.new("RGB", size, (225, 225, 225))
+    draw = ImageDraw.Draw(tile)
+    font = ImageFont.load_default(size=max(10, size[0] // 18))
+    chars = max(12, int(size[0] / (font.size * 0.55)))
+    words, lines, line = f"{title} does not apply here: {reason}".split(), [], ""
+    for word in words:
+        if len(line) + len(word) + 1 > chars:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    draw.multiline_text((8, 8), "\n".join(lines), fill=(60, 60, 60), font=font, spacing=4)
+    return tile
+
+
+class ArchiveDir:
+    """Where downloads are written; files older than an hour are removed on each write."""
+
+    def __init__(self, max_age_s: float = 3600.0):
+        self.path = Path(tempfile.mkdtemp(prefix="cnnviz-app-"))
+        self.max_age_s = max_age_s
+
+    def new_zip(self, stem: str) -> Path:
+        now = time.time()
+        for old in self.path.glob("*.zip"):
+            if now - old.stat().st_mtime > self.max_age_s:
+                old.unlink(missing_ok=True)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)[:80]
+        return Path(tempfile.mkstemp(prefix=f"{safe}-", suffix=".zip", dir=self.path)[1])
+
+
+def write_zip(
+    path: Path, arrays: Mapping[str, np.ndarray], images: Mapping[str, Image.Image], meta: dict
+) -> Path:
+    """A zip with maps/<name>.npy, images/<name>.png and meta.json."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, array in arrays.items():
+            with zf.open(f"maps/{name}.npy", "w") as fh:
+                np.save(fh, np.asarray(array, dtype=np.float32))
+        for name, image in images.items():
+            with zf.open(f"images/{name}.png", "w") as fh:
+                image.save(fh, format="PNG")
+        zf.writestr("meta.json", json.dumps(meta, indent=2, default=str))
+    return path
+
+
+def top_k(ex: Explanation, class_names: Sequence[str], k: int = 5) -> list[tuple[int, str, float]]:
+    probs = ex.probabilities[0].detach().cpu()
+    values, indices = probs.topk(min(k, probs.numel()))
+    return [(int(i), class_names[int(i)], float(p)) for p, i in zip(values, indices, strict=True)]
+
+
+def label_dict(top: Sequence[tuple[int, str, float]]) -> dict[str, float]:
+    """gr.Label's {short name: probability}; a repeated name (ImageNet has two 'crane') gets its index."""
+    names = [short_name(n) for _, n, _ in top]
+    return {(s if names.count(s) == 1 else f"{s} (#{i})"): p for s, (i, _, p) in zip(names, top, strict=True)}
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    top: tuple[tuple[int, str, float], ...]
+    gallery: tuple[tuple[Image.Image, str], ...]
+    archive: Path
+    notes: str
+
+
+def explain_one(
+    model: Model,
+    image: Image.Image,
+    methods: Sequence[str],
+    target: int | None,
+    layer: str | None,
+    cmap: str,
+    alpha: float,
+    archive: Path,
+) -> ExplainResult:
+    """Run the chosen methods on one image and render one overlay per method (refused ones as tiles)."""
+    if not methods:
+        raise ValueError("choose at least one method")
+    view = model.model_view(image)
+    ex = model.explain(model.preprocess(image), list(methods), target=target, layer=layer, strict=False)
+    tidx = int(ex.targets[0])
+    tname = model.class_names[tidx]
+    caption_name = short_name(tname)
+    gallery, pictures, arrays, notes = [], {}, {}, {}
+    for mid, att in ex.attributions.items():
+        label = cnnviz.get_method(mid).label
+        picture = render.attribution_image(att, 0, view, cmap=cmap, alpha=alpha)
+        gallery.append((picture, f"{label} · {caption_name} · {att.layer or ex.layer}{weights_note(model)}"))
+        pictures[mid], arrays[mid], notes[mid] = picture, att.raw[0].detach().cpu().numpy(), list(att.notes)
+    for mid, reason in ex.refused.items():
+        label = cnnviz.get_method(mid).label
+        gallery.append((placeholder(view.size, label, reason), f"{label} · not applicable"))
+    top = top_k(ex, model.class_names)
+    meta = {
+        "model": model.name,
+        "weights": model.weights_source,
+        "target": {"index": tidx, "name": tname},
+        "layer": ex.layer,
+        "top5": [{"index": i, "name": n, "probability": p} for i, n, p in top],
+        "notes": notes,
+        "refused": dict(ex.refused),
+    }
+    write_zip(archive, arrays, pictures, meta)
+    text = "\n".join(f"- **{cnnviz.get_method(m).label}**: {'; '.join(n)}" for m, n in notes.items() if n)
+    return ExplainResult(tuple(top), tuple(gallery), archive, text)
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    model: Model
+    explanation: Explanation
+    view: Image.Image
+
+
+def shared_scales(rows: Sequence[CompareRow], methods: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+    """Per method, one (vmin, vmax) over all models, so that a column is drawn on one colour scale.
+
+    CAM-family maps share their min-max range; gradient images share one saturation magnitude.
+    """
+    scales: dict[str, tuple[Any, Any]] = {}
+    for mid in methods:
+        raws = [
+            r.explanation[mid].raw[0].detach().cpu().numpy()
+            for r in rows
+            if mid in r.explanation.attributions
+        ]
+        if raws:
+            scales[mid] = (
+                render.shared_range(raws) if raws[0].ndim == 2 else (None, render.gradient_scale(raws))
+            )
+    return scales
+
+
+def compare_grid(
+    rows: Sequence[CompareRow], methods: Sequence[str], cmap: str, alpha: float, shared: bool
+) -> tuple[Image.Image, dict[str, Image.Image], dict[str, np.ndarray]]:
+    """Rows are models, columns methods; each cell captioned with the model's top-1 prediction."""
+    ranges = shared_scales(rows, methods) if shared else {}
+    cells, captions, pictures, arrays = [], [], {}, {}
+    for row in rows:
+        ex, m = row.explanation, row.model
+        tidx = int(ex.targets[0])
+        prob = float(ex.probabilities[0, tidx])
+        top1 = f"{short_name(m.class_names[tidx])} {prob:.0%}{weights_note(m)}"
+        for mid in methods:
+            label = cnnviz.get_method(mid).label
+            if mid in ex.attributions:
+                vmin, vmax = ranges.get(mid, (None, None))
+                cell = render.attribution_image(
+                    ex[mid], 0, row.view, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax
+                )
+                key = f"{m.name}__{mid}"
+                pictures[key], arrays[key] = cell, ex[mid].raw[0].detach().cpu().numpy()
+            else:
+                cell = placeholder(row.view.size, label, ex.refused.get(mid, "not computed"))
+            cells.append(cell.resize((CELL, CELL)))
+            captions.append(f"{m.label or m.name} · {label}\n{top1}")
+    return render.grid(cells, captions, ncols=len(methods)), pictures, arrays
+
+
+def compare_table(rows: Sequence[CompareRow]) -> str:
+    """One line per model: its top-1 class and probability, whether CAM is exact, its weights."""
+    lines = ["| model | top-1 | p | CAM | weights |", "|---|---|---|---|---|"]
+    for row in rows:
+        m, ex = row.model, row.explanation
+        t = int(ex.targets[0])
+        cam = "exact" if m.anatomy.cam_exact else "not exact"
+        weights = "random" if m.random_weights else "pretrained"
+        p = float(ex.probabilities[0, t])
+        lines.append(f"| `{m.name}` | {short_name(m.class_names[t])} | {p:.1%} | {cam} | {weights} |")
+    return "\n".join(lines)
+
+
+def run_compare(
+    pool: ModelPool,
+    names: Sequence[str],
+    image: Image.Image,
+    methods: Sequence[str],
+    step: Callable[[float, str], Any],
+) -> list[CompareRow]:
+    """Load and explain each model in turn (top-1 target, final map), reporting progress."""
+    rows = []
+    for i, name in enumerate(names):
+        step(i / len(names), f"loading {name}")
+        model, lock = pool.get(name)
+        step((i + 0.5) / len(names), f"explaining with {name}")
+        with lock:
+            ex = model.explain(model.preprocess(image), list(methods), strict=False)
+        rows.append(CompareRow(model, ex, model.model_view(image)))
+    step(1.0, "rendering")
+    return rows
