@@ -225,11 +225,19 @@ def _inspect(model: nn.Module) -> Inspection:
         cam_reason = f"forward_features returns {kind}, not a single spatial map"
 
     if num_classes and (spec is None or head_kind == "token"):
-        source, spec, share = find_gradient_layer(model, x, hw_in)
-        why = "the head reads only the class token" if head_kind == "token" else cam_reason
-        source_note = f"{why}; the gradient reaches this layer's patch tokens ({share:.0%} of its norm)"
-        if head_kind == "token":
-            source_note = "class-token pooling: " + source_note
+        found = find_gradient_layer(model, x, hw_in)
+        why = (
+            "class-token pooling: the head reads only the class token" if head_kind == "token" else cam_reason
+        )
+        if found is not None:
+            source, spec, share = found
+            source_note = f"{why}; the gradient reaches this layer's patch tokens ({share:.0%} of its norm)"
+        elif spec is None:
+            raise AnatomyError(
+                f"{arch}: {cam_reason}, and no layer's spatial positions receive the logit's gradient"
+            )
+        else:
+            source_note = f"{why}, and no earlier layer receives a gradient either (an all-zero classifier?)"
     elif spec is None:
         raise AnatomyError(f"{arch}: {cam_reason} and the model has no classifier to follow")
 
@@ -273,7 +281,7 @@ def _inspect(model: nn.Module) -> Inspection:
 
 def find_gradient_layer(
     model: nn.Module, x: torch.Tensor, hw_in: tuple[int, int]
-) -> tuple[str, MapSpec, float]:
+) -> tuple[str, MapSpec, float] | None:
     """The last layer (in call order) whose spatial positions carry most of the logit's gradient.
 
     Used where the head ignores the final map's patch tokens (class-token pooling): there
@@ -287,10 +295,7 @@ def find_gradient_layer(
         found = _search_gradient_layer(model, x, hw_in, width if same_width else None)
         if found is not None:
             return found
-    raise AnatomyError(
-        "no layer found whose spatial positions receive the logit's gradient: the head ignores "
-        "every spatial map this model computes"
-    )
+    return None
 
 
 def _search_gradient_layer(

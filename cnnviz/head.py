@@ -85,7 +85,7 @@ def analyze_head(model: nn.Module, spec, feats: torch.Tensor, logits: torch.Tens
 
     with torch.no_grad():
         noise = torch.randn(canon.shape, generator=torch.Generator().manual_seed(1)).to(canon)
-        if _close(head(canon + noise * canon.std()), logits):
+        if spec.prefix and _close(head(canon + noise * canon.std()), logits):
             return HeadVerdict(
                 "token",
                 False,
@@ -130,35 +130,46 @@ def _fold_mean_head(head, canon: torch.Tensor, logits: torch.Tensor) -> HeadVerd
     g = _pooled_head(head, canon)
     p = canon.mean((2, 3))
     p1, p2 = p[:1], p[1:2]
-    c = p.shape[1]
     g1, g2 = g(p1), g(p2)
     zero = torch.zeros_like(p1)
     affine = _close(g(0.3 * p1 + 0.7 * p2), 0.3 * g1 + 0.7 * g2) and _close(g1 + g(-p1), 2 * g(zero))
-    if affine:
-        bias = g(zero)[0]
-        weight = (_probe_rows(g, c, 1.0, p) - bias).T
-        fold, kind = HeadFold(weight.contiguous(), bias), "linear"
-    else:
-        # Affine after a per-image normalization (LayerNorm, RMSNorm): g(p) - b' = s(p) U p with
-        # one scalar s(p) per image. Such a head is odd about b', which gives b'; probing with
-        # large one-hot vectors (where the norm's eps is negligible) gives U up to one global
-        # constant, which the per-image scale fitted in `HeadFold.cam` absorbs. For a LayerNorm
-        # the rows of U sum to zero, so the map is centred per position by construction.
-        bias = 0.5 * (g1 + g(-p1))[0]
-        big = 100.0 * float(p.abs().amax().clamp_min(1e-3))
-        weight = (_probe_rows(g, c, big, p) - bias).T
-        fold, kind = HeadFold(weight.contiguous(), bias, normalized=True), "norm"
-    err = fold_error(fold, canon, logits)
-    if err > TOL:
-        return HeadVerdict(
-            "nonlinear",
-            False,
-            "the head applies a nonlinearity after pooling (e.g. an MLP or an activation), so the "
-            "logits are not an affine function of the pooled map, nor affine after a per-image "
-            f"normalization (folding check: relative error {err:.1e}); use grad_cam",
-            None,
-        )
-    return HeadVerdict(kind, True, "", fold)
+    candidates = [_linear_fold, _normalized_fold] if affine else [_normalized_fold, _linear_fold]
+    errors = []
+    for make in candidates:
+        fold = make(g, p)
+        err = fold_error(fold, canon, logits)
+        if err <= TOL:  # (a NaN error fails too)
+            return HeadVerdict("norm" if fold.normalized else "linear", True, "", fold)
+        errors.append(err)
+    return HeadVerdict(
+        "nonlinear",
+        False,
+        "the logits are not an affine function of the pooled map, nor affine after a per-image "
+        "normalization (the head has an MLP or an activation around the pool; folding check: "
+        f"relative error {min(errors):.1e}); use grad_cam",
+        None,
+    )
+
+
+def _linear_fold(g, p: torch.Tensor) -> HeadFold:
+    """logit = W p + b: b = g(0), W[:, k] = g(e_k) - b."""
+    bias = g(torch.zeros_like(p[:1]))[0]
+    return HeadFold((_probe_rows(g, p.shape[1], 1.0, p) - bias).T.contiguous(), bias)
+
+
+def _normalized_fold(g, p: torch.Tensor) -> HeadFold:
+    """Affine after a per-image normalization (LayerNorm, RMSNorm): g(p) - b' = s(p) U p.
+
+    Such a head is odd about b', which gives b'; probing with large one-hot vectors (where
+    the norm's eps is negligible) gives U up to one global constant, which the per-image
+    scale fitted in `HeadFold.cam` absorbs. For a LayerNorm the rows of U sum to zero, so
+    the map is centred per position by construction.
+    """
+    p1 = p[:1]
+    bias = 0.5 * (g(p1) + g(-p1))[0]
+    big = 100.0 * float(p.abs().amax().clamp_min(1e-3))
+    weight = (_probe_rows(g, p.shape[1], big, p) - bias).T
+    return HeadFold(weight.contiguous(), bias, normalized=True)
 
 
 def fold_error(fold: HeadFold, canon: torch.Tensor, logits: torch.Tensor) -> float:

@@ -23,6 +23,8 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) * 1.5 + 0.5)
+                if m.weight is not None and float(m.weight.abs().max()) < 1e-6:  # zero-init residual BN
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 0.5 + 0.5)
             for pname in ("gamma", "ls_gamma"):
                 p = getattr(m, pname, None)
                 if isinstance(p, nn.Parameter) and p.dim() == 1 and float(p.abs().max()) < 1e-3:

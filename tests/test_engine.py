@@ -156,7 +156,9 @@ def test_vanilla_gradient_equals_autograd_alone_and_beside_the_guided_rules(name
     alone = cnnviz.explain(model, x, ["vanilla_gradient"], target=[4, 9])["vanilla_gradient"].raw
     shared = cnnviz.explain(model, x, ["vanilla_gradient", "guided_backprop", "deconvnet"], target=[4, 9])
     assert torch.allclose(alone, reference, rtol=1e-5, atol=1e-7 * float(reference.abs().max()))
-    assert torch.allclose(shared["vanilla_gradient"].raw, reference, rtol=1e-4, atol=1e-6 * float(reference.abs().max()))
+    assert torch.allclose(
+        shared["vanilla_gradient"].raw, reference, rtol=1e-4, atol=1e-6 * float(reference.abs().max())
+    )
 
 
 def _pure_relu(model: nn.Module) -> nn.Module:
@@ -202,7 +204,12 @@ class FunctionalReluNet(nn.Module):
 
 @pytest.mark.parametrize(
     ("name", "kind"),
-    [("test_efficientnet", "silu"), ("test_vit2", "gelu"), ("mobilenetv3_small_050", "hardswish"), ("fn", "relu")],
+    [
+        ("test_efficientnet", "silu"),
+        ("test_vit2", "gelu"),
+        ("mobilenetv3_small_050", "hardswish"),
+        ("fn", "relu"),
+    ],
 )
 def test_guided_rules_take_effect_on_non_module_or_non_relu_activations(name, kind):
     from captum.attr import GuidedBackprop
@@ -302,7 +309,9 @@ def test_batch_with_per_sample_targets_equals_single_calls(name):
         single = cnnviz.explain(model, x[i : i + 1], list(ALL), target=t, strict=False)
         for k, attr in single.attributions.items():
             ref = batch[k].raw[i : i + 1]
-            assert torch.allclose(attr.raw, ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max().clamp_min(1e-12))), k
+            assert torch.allclose(
+                attr.raw, ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max().clamp_min(1e-12))
+            ), k
 
 
 def test_boundary_errors_name_the_argument():

@@ -1,0 +1,103 @@
+"""Anatomy across timm families at their native input size: layouts, head kinds, every method."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_same_state, input_for, make_model, model_state
+from torch import nn
+
+import cnnviz
+from cnnviz.methods import method_ids
+
+# name: (layout, head kind, CAM exact) -- the facts of ZOO-FACTS.md, one or more per family
+FAMILIES = {
+    "test_resnet": ("NCHW", "linear", True),  # resnet: GAP + Linear
+    "test_efficientnet": ("NCHW", "linear", True),  # efficientnet (SiLU, SE gates)
+    "test_convnext": ("NCHW", "norm", True),  # convnext: GAP + LayerNorm2d + Linear
+    "test_byobnet": ("NCHW", "linear", True),  # byobnet
+    "test_nfnet": ("NCHW", "linear", True),  # nfnet
+    "test_coatnet": ("NCHW", "linear", True),  # maxxvit (coatnet)
+    "test_vit": ("tokens", "token", False),  # vision_transformer: class-token pooling
+    "test_vit3": ("tokens", "spatial", False),  # vision_transformer: attention pooling ('map')
+    "test_vit4": ("tokens", "norm", True),  # vision_transformer: avg pool + RMSNorm
+    "test_vit_relpos": ("tokens", "norm", True),  # vision_transformer_relpos: avg + fc_norm
+    "test_mambaout": ("NHWC", "nonlinear", False),  # mambaout: channels-last + MLP head
+    "mobilenetv3_small_050": ("NCHW", "nonlinear", False),  # mobilenetv3: conv_head + act
+    "ghostnet_050": ("NCHW", "nonlinear", False),  # ghostnet
+    "deit_tiny_distilled_patch16_224": ("tokens", "token", False),  # deit: cls + dist tokens
+    "efficientformerv2_s0": ("NCHW", "linear", True),  # efficientformer_v2: distilled pair
+    "efficientformer_l1": ("tokens", "linear", True),  # efficientformer: distilled pair
+    "regnetx_002": ("NCHW", "linear", True),  # regnet
+    "dla46_c": ("NCHW", "linear", True),  # dla: 1x1 conv classifier
+    "repvit_m1": ("NCHW", "linear", True),  # repvit: BN inside the classifier
+    "efficientvit_m0": ("NCHW", "linear", True),  # efficientvit_msra: BN between pool and Linear
+    "poolformer_s12": ("NCHW", "norm", True),  # metaformer
+    "edgenext_xx_small": ("NCHW", "norm", True),  # edgenext
+    "fastvit_t8": ("NCHW", "linear", True),  # fastvit
+    "pit_ti_224": ("tokens", "spatial", False),  # pit: forward_features is cls tokens only
+    "mvitv2_tiny": ("tokens", "linear", True),  # mvitv2
+}
+
+
+def _check_attribution(name, anatomy, ex, method, x):
+    raw = ex[method].raw
+    assert torch.isfinite(raw).all(), f"{name}/{method}: not finite"
+    if ex[method].is_spatial_map:
+        assert raw.shape[0] == x.shape[0] and raw.dim() == 3
+    else:
+        assert raw.shape == x.shape
+    assert raw.std() > 0, f"{name}/{method}: constant"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_anatomy_and_every_method(name):
+    model = make_model(name)
+    before = model_state(model)
+    anatomy = cnnviz.inspect(model)
+    layout, kind, exact = FAMILIES[name]
+    assert (anatomy.layout, anatomy.head_kind, anatomy.cam_exact) == (layout, kind, exact), anatomy.summary()
+    assert anatomy.num_classes == 1000 and anatomy.activations
+    assert len(anatomy.stages) == len(anatomy.stage_shapes)
+    assert bool(anatomy.cam_reason) != exact
+    if layout == "tokens":
+        assert anatomy.grid is not None and anatomy.grid[0] * anatomy.grid[1] > 1
+    x = input_for(model, batch=1)
+    ex = cnnviz.explain(model, x, method_ids(), strict=False)
+    assert set(ex.refused) == (set() if exact else {"cam"})
+    for method in ex.attributions:
+        _check_attribution(name, anatomy, ex, method, x)
+    if exact:
+        cam = ex["cam"]
+        logit = ex.logits.gather(1, ex.targets[:, None])[:, 0]
+        assert float((cam.raw.mean((-2, -1)) + cam.offset - logit).abs().max()) < 1e-4 * float(
+            ex.logits.abs().max()
+        )
+    assert_same_state(before, model_state(model))
+
+
+def test_inspect_is_cached_until_the_weights_change():
+    model = make_model("test_resnet")
+    first = cnnviz.inspect(model)
+    assert cnnviz.inspect(model) is first
+    with torch.no_grad():
+        model.fc.weight.mul_(2.0)
+    assert cnnviz.inspect(model) is not first
+
+
+def test_inspect_refuses_a_model_without_timms_contract():
+    with pytest.raises(cnnviz.AnatomyError, match="forward_features"):
+        cnnviz.inspect(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
+
+
+def test_headless_model_has_nothing_to_explain():
+    model = make_model("test_resnet", num_classes=0)
+    anatomy = cnnviz.inspect(model)
+    assert anatomy.num_classes == 0 and anatomy.head_kind == "none" and "num_classes" in anatomy.cam_reason
+    with pytest.raises(ValueError, match="no classifier"):
+        cnnviz.explain(model, input_for(model), ["grad_cam"])
+
+
+def test_summary_is_readable():
+    text = cnnviz.inspect(make_model("test_vit")).summary()
+    assert "tokens" in text and "class-token" in text and "CAM          : not exact" in text
