@@ -210,12 +210,18 @@ def capture_outputs(
     model: nn.Module,
     names: list[str] | tuple[str, ...] | None = None,
     keep: Callable[[str, torch.Tensor], bool] | None = None,
+    start_graph: bool = False,
 ) -> Iterator[Captured]:
     """Record the tensor outputs of named modules (all modules when `names` is None).
 
     The hook hands a clone downstream and keeps the original, so a later in-place operation
     cannot change what was captured and gradients still flow to it. Hooks only act in the
     thread that registered them, and are removed on exit whatever happens.
+
+    With ``start_graph=True`` (one module, a forward begun under ``torch.no_grad()``) the
+    captured output becomes a leaf that requires grad and autograd is switched on from there:
+    the graph, and so the backward pass, covers only what follows the layer. The caller's
+    ``no_grad`` context restores the grad mode when it exits.
     """
     captured = Captured()
     owner = threading.get_ident()
@@ -231,6 +237,9 @@ def capture_outputs(
                 return None
             if name in captured.outputs:  # a module called twice: keep the last call
                 captured.order.remove(name)
+            if start_graph:
+                output = output.detach().requires_grad_(True)
+                torch.set_grad_enabled(True)
             captured.outputs[name] = output
             captured.order.append(name)
             return output.clone()

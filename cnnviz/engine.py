@@ -138,10 +138,21 @@ def _run_passes(
         if rules:
             xin.requires_grad_(True)
         mode = ActivationRules(switchable=True) if switchable else nullcontext()
-        capture = capture_outputs(model, [layer]) if need_map and layer != FINAL else nullcontext()
-        with torch.enable_grad() if need_grad else torch.no_grad(), mode, capture as cap:
+        # Without input gradients the graph only needs to start at the layer (see capture_outputs).
+        late = need_map_grad and not rules
+        capture = nullcontext()
+        if need_map and layer != FINAL:
+            capture = capture_outputs(model, [layer], start_graph=late)
+        if not need_grad:
+            grad_mode = torch.inference_mode()
+        else:
+            grad_mode = torch.no_grad() if late else torch.enable_grad()
+        with grad_mode, mode, capture as cap:
             feats = model.forward_features(xin)
-            logits = model.forward_head(feats)
+            if late and layer == FINAL:
+                feats = feats.detach().requires_grad_(True)
+            with torch.enable_grad() if late else nullcontext():
+                logits = model.forward_head(feats)
         targets = _resolve_targets(target, logits.detach())
         passes = Passes(x=xin.detach(), logits=logits.detach(), targets=targets, layer=layer, fold=insp.fold)
         passes.kinds = tuple(sorted(mode.kinds)) if switchable else insp.anatomy.activations
