@@ -198,7 +198,11 @@ def parse_target(value: str | int | None, class_names: Sequence[str]) -> int | N
     lowered = [n.lower() for n in class_names]
     if text.lower() in lowered:
         return lowered.index(text.lower())
-    close = difflib.get_close_matches(text.lower(), lowered, n=3, cutoff=0.6)
+    for index, name in enumerate(lowered):  # one synonym of "tabby, tabby cat"
+        if text.lower() in (s.strip() for s in name.split(",")):
+            return index
+    synonyms = sorted({s.strip() for name in lowered for s in name.split(",")})
+    close = difflib.get_close_matches(text.lower(), synonyms, n=3, cutoff=0.6)
     hint = f" Close matches: {', '.join(close)}." if close else ""
     raise ValueError(f"target class {text!r} is not a class of this model; give a class index or name.{hint}")
 

@@ -127,8 +127,27 @@ def test_bad_file_gives_readable_error_and_server_keeps_serving(client, tmp_path
         explain(client, ["grad_cam"], target="no such class")
     with pytest.raises(gradio_client.exceptions.AppError, match="grad_cma"):
         explain(client, ["grad_cma"])
+    with pytest.raises(gradio_client.exceptions.AppError, match="test_resnt"):
+        explain(client, ["cam"], model="test_resnt")
     predictions, gallery, *_ = explain(client, ["grad_cam", "cam"])
     assert len(gallery) == 2 and len(predictions["confidences"]) == 5
+
+
+def test_readme_client_example_runs(client, capsys):
+    readme = (core.ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    example = next(b for b in blocks if "from gradio_client import" in b)
+    assert 'api_name="/explain"' in example
+    for documented, here in [
+        ('"http://127.0.0.1:7860/"', repr(client.src)),
+        ('"resnet50.a1_in1k"', '"test_resnet"'),
+        ('"examples/chelsea.jpg"', repr(str(EXAMPLE))),
+    ]:
+        assert documented in example
+        example = example.replace(documented, here)
+    exec(compile(example, "README.md", "exec"), {})  # the example as documented, on the test server
+    printed = capsys.readouterr().out
+    assert f"{cnnviz.get_method('grad_cam').label} · " in printed and ".zip" in printed
 
 
 def test_concurrent_requests_all_succeed(client):
@@ -177,6 +196,18 @@ def test_compare_rejects_too_many_models(client):
 # ----------------------------------------------------------------------------- no server needed
 
 
+def test_building_the_app_loads_no_model(monkeypatch):
+    from cnnviz import ui, zoo
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("start-up must not load a model")
+
+    monkeypatch.setattr(zoo, "load_model", refuse)
+    demo = ui.build(SETTINGS)
+    names = {d.api_name for d in demo.fns.values()}
+    assert {"explain", "compare"} <= names
+
+
 def test_settings_from_env_defaults_and_errors():
     s = core.AppSettings.from_env({"CNNVIZ_DEFAULT_MODEL": "test_resnet"})
     assert (s.weights, s.allow_any_model, s.default_model) == ("auto", True, "test_resnet")
@@ -216,9 +247,11 @@ def test_methods_offered_follow_the_anatomy_and_layer():
 
 
 def test_target_and_layer_parsing():
-    names = ["tench", "goldfish", "crane", "crane"]
+    names = ["tench", "goldfish, Carassius auratus", "crane", "crane"]
     assert core.parse_target(core.TOP1, names) is None and core.parse_target("", names) is None
+    assert core.parse_target("top-1", names) is None
     assert core.parse_target("1 · goldfish", names) == 1 and core.parse_target("Goldfish", names) == 1
+    assert core.parse_target("carassius auratus", names) == 1 and core.parse_target("crane", names) == 2
     assert core.parse_target(3, names) == 3
     with pytest.raises(ValueError, match="out of range"):
         core.parse_target("9", names)
