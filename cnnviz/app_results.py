@@ -5,7 +5,9 @@ Free of Gradio like `cnnviz.app_logic`; `cnnviz.ui` calls these under the model'
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import tempfile
 import time
@@ -57,10 +59,13 @@ class ArchiveDir:
     def new_zip(self, stem: str) -> Path:
         now = time.time()
         for old in self.path.glob("*.zip"):
-            if now - old.stat().st_mtime > self.max_age_s:
-                old.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):  # another request may prune it first
+                if now - old.stat().st_mtime > self.max_age_s:
+                    old.unlink()
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)[:80]
-        return Path(tempfile.mkstemp(prefix=f"{safe}-", suffix=".zip", dir=self.path)[1])
+        fd, name = tempfile.mkstemp(prefix=f"{safe}-", suffix=".zip", dir=self.path)
+        os.close(fd)
+        return Path(name)
 
 
 def write_zip(

@@ -278,3 +278,12 @@ def test_methods_and_support_pages_come_from_the_registry_and_zoo():
         assert support == core.SUPPORT_SUMMARY.read_text(encoding="utf-8")
     else:
         assert all(f"`{e.id}`" in support for e in cnnviz.zoo.curated())
+
+
+def test_downloads_folder_prunes_old_zips():
+    archives = results.ArchiveDir(max_age_s=60)
+    stale, fresh = archives.new_zip("a"), archives.new_zip("b")
+    os.utime(stale, (0, 0))
+    newest = archives.new_zip("model/with:odd name")
+    assert not stale.exists() and fresh.exists() and newest.exists()
+    assert newest.parent == archives.path and "/" not in newest.name and ":" not in newest.name
