@@ -116,7 +116,7 @@ class App:
     def on_model(self, name: str, selected: list[str] | None, progress=PROGRESS):
         """A model was chosen: offer its methods, layers and classes, and show its anatomy."""
         model, _ = self.model(name, progress)
-        choices, refused = core.method_status(model.anatomy, None)
+        choices, refused = core.method_status(model.anatomy, model.default_layer)
         return (
             gr.update(choices=choices, value=core.kept_methods(selected, refused)),
             core.refused_markdown(refused),
@@ -129,10 +129,10 @@ class App:
     def on_layer(self, name: str, layer: str, selected: list[str] | None):
         """A layer was chosen: some methods (CAM) only apply at the final map."""
         model, _ = self.model(name)
-        choices, refused = core.method_status(model.anatomy, core.parse_layer(layer, model.anatomy))
-        return gr.update(choices=choices, value=core.kept_methods(selected, refused)), core.refused_markdown(
-            refused
-        )
+        chosen = core.parse_layer(layer, model.anatomy) or model.default_layer  # None: the final map
+        choices, refused = core.method_status(model.anatomy, chosen)
+        methods = gr.update(choices=choices, value=core.kept_methods(selected, refused))
+        return methods, core.refused_markdown(refused)
 
     def explain(
         self,
