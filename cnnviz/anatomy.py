@@ -201,11 +201,14 @@ def _inspect(model: nn.Module) -> Inspection:
     x = torch.randn(2, *size, generator=gen).to(_param_device(model))
     stages = _stage_names(model)
     rules = ActivationRules(switchable=False)
-    with torch.no_grad(), rules, capture_outputs(model, stages) as cap:
-        feats = model.forward_features(x)
-        logits = model.forward_head(feats)
-    spec = infer_spec(feats, hw_in, model, final=True)
     arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+    try:
+        with torch.no_grad(), rules, capture_outputs(model, stages) as cap:
+            feats = model.forward_features(x)
+            logits = model.forward_head(feats)
+    except NotImplementedError as err:  # timm's encoders (*_enc) have no classification path
+        raise AnatomyError(f"{arch} cannot classify, so there is nothing to explain: {err}") from err
+    spec = infer_spec(feats, hw_in, model, final=True)
     num_classes = int(logits.shape[-1]) if isinstance(logits, torch.Tensor) and logits.dim() == 2 else 0
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
     if isinstance(classifier, nn.Identity) or getattr(model, "num_classes", 1) == 0:
