@@ -82,6 +82,7 @@ def run_sweep(
     summary: str | Path | None = "auto",
     on_row: Callable[[dict[str, object]], None] | None = None,
     names: list[str] | None = None,
+    probe_fn: Callable[[str, int, object], dict] | None = None,
 ) -> SweepResult:
     """Sweep the models matching `pattern` into `out` (resuming it), then sort it and summarize.
 
@@ -89,6 +90,7 @@ def run_sweep(
         summary: Markdown path; ``"auto"`` puts ``summary.md`` next to the default CSV and
             ``<out>.md`` next to any other; None writes none.
         names: an explicit list instead of `pattern`.
+        probe_fn: what runs in each model's process (see `runner.run`; tests pass fakes).
     """
     from .probe import columns, versions
 
@@ -97,7 +99,7 @@ def run_sweep(
     out = Path(out)
     cols = columns()
     t0 = time.monotonic()
-    written = run(names, out, limits, cols, on_row)
+    written = run(names, out, limits, cols, on_row, probe_fn)
     wall = time.monotonic() - t0
     total = finish(out, cols)
     meta_path = out.with_suffix(".meta.json")

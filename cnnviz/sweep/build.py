@@ -20,6 +20,7 @@ A check passed on such a model proves little, so after creation:
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -68,8 +69,8 @@ def candidate_sizes(name: str, small: int = SMALL_SIDE) -> tuple[list[tuple[int,
     """Input sizes to try, smallest first, and a note when only the native size is possible."""
     cfg = get_pretrained_cfg(name)
     native = tuple(int(v) for v in cfg.input_size)
-    if cfg.fixed_input_size:
-        return [native], "native: the model declares a fixed input size"
+    # A "fixed input size" (ViT-like position tables, MLP-Mixer) is fixed once the model is
+    # built: most of them build at another size through `img_size`, so it is still tried.
     if native[1] != native[2]:
         return [native], "native: non-square input"
     side = min(native[1], small)
@@ -112,18 +113,25 @@ def build(name: str, small: int = SMALL_SIDE, dtype: torch.dtype = torch.float32
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        for i, size in enumerate(sizes):
+        while True:
+            size = sizes.pop(0)
+            module = None
             try:
                 module = _create(name, size, native, kwargs).eval()
                 module.pretrained_cfg = dict(module.pretrained_cfg, input_size=size)
                 x = torch.randn(2, *size, generator=torch.Generator().manual_seed(1), dtype=dtype)
                 with torch.no_grad():
                     module(x)
-            except Exception as exc:  # too small for this model: the native size is the fallback
-                if i == len(sizes) - 1:
+            except Exception as exc:  # too small for this model: a patch multiple, then native
+                if not sizes:
                     raise
-                note = f"native: {size[1]}px failed ({_first_line(exc)})"
+                retry = _patch_multiple(module, size, native, str(exc))
+                if retry and retry not in sizes:
+                    sizes.insert(0, retry)
+                note = f"{size[1]}px failed ({_first_line(exc)})"
                 continue
+            if size == native and note and not note.startswith("native"):
+                note = f"native: {note}"
             woken = wake_residual_scales(module, name)
             init_note = calibrate_batchnorm(module, x)
             if woken:
@@ -132,7 +140,30 @@ def build(name: str, small: int = SMALL_SIDE, dtype: torch.dtype = torch.float32
             return Built(module, size, native, note, head_added, str(dtype).removeprefix("torch."), init_note)
     finally:
         torch.set_default_dtype(previous)
-    raise AssertionError("unreachable: the last size either returns or raises")
+
+
+def _patch_multiple(
+    module: nn.Module | None, size: tuple[int, int, int], native: tuple[int, int, int], error: str = ""
+) -> tuple[int, int, int] | None:
+    """The smallest multiple of the model's input granularity at least `size`, if below native.
+
+    The granularity is read from the error's "divisible by ... N" when it says so (Gemma's
+    pooled patches need 48), else from the first ``patch_size`` attribute of the model.
+    """
+    said = re.search(r"divisible by\D*(\d+)", error)
+    if said:
+        p: object = int(said.group(1))
+    else:
+        patch = (
+            next((m.patch_size for m in module.modules() if hasattr(m, "patch_size")), None)
+            if module
+            else None
+        )
+        p = patch[0] if isinstance(patch, tuple | list) and patch else patch
+    if not isinstance(p, int) or p <= 1 or size[1] % p == 0:
+        return None
+    side = -(-size[1] // p) * p
+    return (3, side, side) if side < native[1] else None
 
 
 def wake_residual_scales(module: nn.Module, name: str) -> int:

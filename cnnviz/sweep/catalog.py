@@ -40,8 +40,20 @@ def _stored_counts(path: Path = PARAMS_CSV) -> dict[str, int]:
 
 
 def param_count(name: str) -> int:
+    """Stored count, else counted on the meta device; 0 when timm cannot build `name` there.
+
+    A 0 only makes the model's memory plan the default one: its own process then meets the
+    real error (unknown name, failing constructor) and its row reports it.
+    """
     stored = _stored_counts().get(name)
-    return stored if stored is not None else count_on_meta(name)
+    if stored is not None:
+        return stored
+    if not timm.is_model(name.split(".", 1)[0]):
+        return 0
+    try:
+        return count_on_meta(name)
+    except Exception:  # reported by the model's own process, which builds it for real
+        return 0
 
 
 def write_catalog(params_csv: Path = PARAMS_CSV, smoke_txt: Path = SMOKE_TXT) -> tuple[int, int]:

@@ -91,15 +91,20 @@ def _vm_size_bytes() -> int:
     return 0
 
 
-def _child(plan: Plan, small: int, conn: mpc.Connection) -> None:
-    """Entry point of a model's process: cap memory, run the probe, send the row back."""
-    from .probe import probe
+ProbeFn = Callable[[str, int, torch.dtype], dict]
 
+
+def _child(plan: Plan, small: int, conn: mpc.Connection, probe_fn: ProbeFn) -> None:
+    """Entry point of a model's process: cap memory, run the probe, send the row (or the error) back."""
     cap = _vm_size_bytes() + int(plan.mem_gb * GIB)
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     torch.set_num_threads(plan.threads)
-    row = probe(plan.name, small, getattr(torch, plan.dtype))
-    conn.send(row)
+    try:
+        message: tuple[str, object] = ("row", probe_fn(plan.name, small, getattr(torch, plan.dtype)))
+    except BaseException as exc:  # sent to the parent, which writes it into the model's row
+        lines = str(exc).strip().splitlines()
+        message = ("error", f"probe raised {type(exc).__name__}: {lines[0] if lines else ''}"[:300])
+    conn.send(message)
     conn.close()
 
 
@@ -139,8 +144,15 @@ def run(
     limits: Limits,
     columns: list[str],
     on_row: Callable[[dict[str, object]], None] | None = None,
+    probe_fn: ProbeFn | None = None,
 ) -> int:
-    """Probe `names` into the CSV `out` (skipping names already there); returns rows written."""
+    """Probe `names` into the CSV `out` (skipping names already there); returns rows written.
+
+    `probe_fn(name, small, dtype) -> row` runs in the child (default `cnnviz.sweep.probe.probe`);
+    it must be a module-level function so that it can be sent to the child process.
+    """
+    if probe_fn is None:
+        from .probe import probe as probe_fn
     done = {r["name"] for r in read_rows(out)}
     todo = [n for n in names if n not in done]
     plans = [plan_for(n, param_count(n), limits) for n in todo]
@@ -167,7 +179,7 @@ def run(
                     continue
                 receive, send = ctx.Pipe(duplex=False)
                 proc = ctx.Process(
-                    target=_child, args=(plan, limits.small, send), name=plan.name, daemon=True
+                    target=_child, args=(plan, limits.small, send, probe_fn), name=plan.name, daemon=True
                 )
                 proc.start()
                 send.close()
@@ -196,10 +208,16 @@ def _collect(running: list[_Running], method_ids: list[str]) -> list[dict[str, o
         row = None
         if r.conn in ready or r.proc.sentinel in ready:
             try:
-                row = r.conn.recv() if r.conn.poll() else None
+                kind, payload = r.conn.recv() if r.conn.poll() else (None, None)
             except EOFError:
-                row = None
+                kind, payload = None, None
+            row = payload if kind == "row" else None
+            if kind == "error":
+                row = failed_row(r.plan.name, str(payload), method_ids)
             r.proc.join(timeout=30)
+            if row is not None and r.proc.exitcode is None:
+                r.proc.kill()  # sent its row but did not exit: nothing more to wait for
+                r.proc.join()
             if row is None and r.proc.exitcode is None:
                 continue  # the pipe closed but the process lingers: its timeout will catch it
             if row is None:

@@ -1,0 +1,292 @@
+"""The sweep: the checks catch wrong results, the runner survives bad models, the outcome holds.
+
+Fake probes run in the sweep's child processes (they must be module-level functions here, so
+that the child can import them); real models run in the integration tests at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import mmap
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import cnnviz
+from cnnviz.sweep import Limits, run_sweep, select_names, smoke_models, summarize
+from cnnviz.sweep.build import _patch_multiple, build, candidate_sizes, classifier_modules
+from cnnviz.sweep.probe import CAM_TOL, Context, check, columns, probe
+from cnnviz.sweep.runner import plan_for
+from cnnviz.sweep.table import RowWriter, read_rows
+
+METHOD_IDS = [m.id for m in cnnviz.list_methods()]
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
+FAST = Limits(timeout=60, mem_gb=4, jobs=2)
+
+
+# ---------------------------------------------------------------- fakes run in child processes
+
+
+def fake_ok(name: str, small: int, dtype: torch.dtype) -> dict:
+    row = {"name": name, "family": "fake", "layout": "NCHW", "head_kind": "linear", "t_total": 0.01}
+    for m in METHOD_IDS:
+        row[m], row[f"{m}_note"] = "ok", ""
+    return row
+
+
+def fake_by_name(name: str, small: int, dtype: torch.dtype) -> dict:
+    """'hang' sleeps, 'crash' dies by SIGKILL, 'hog' maps 2 GiB (address space, untouched), others succeed."""
+    if name == "hang":
+        time.sleep(600)
+    if name == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    row = fake_ok(name, small, dtype)
+    if name == "hog":
+        try:
+            with mmap.mmap(-1, 2 * 2**30) as block:
+                row["error"] = f"allocated {len(block)} bytes"
+        except OSError as exc:
+            row["error"] = f"{type(exc).__name__} {exc.errno}: the cap held"
+    return row
+
+
+def _sweep(tmp_path: Path, names: list[str], probe_fn=fake_ok, limits: Limits = FAST) -> list[dict]:
+    run_sweep(names=names, out=tmp_path / "s.csv", limits=limits, probe_fn=probe_fn)
+    return read_rows(tmp_path / "s.csv")
+
+
+# ---------------------------------------------------------------- runner
+
+
+def test_resumes_skipping_names_already_written(tmp_path):
+    first = run_sweep(names=["b", "a"], out=tmp_path / "s.csv", limits=FAST, probe_fn=fake_ok)
+    assert (first.written, first.rows) == (2, 2)
+    again = run_sweep(names=["a", "c", "b"], out=tmp_path / "s.csv", limits=FAST, probe_fn=fake_ok)
+    assert (again.written, again.rows) == (1, 3)
+    assert [r["name"] for r in read_rows(tmp_path / "s.csv")] == ["a", "b", "c"]  # sorted at the end
+
+
+def test_hang_and_crash_cost_one_row_each(tmp_path):
+    limits = Limits(timeout=5, mem_gb=4, jobs=2)
+    t0 = time.monotonic()
+    rows = {r["name"]: r for r in _sweep(tmp_path, ["crash", "fine", "hang"], fake_by_name, limits)}
+    assert time.monotonic() - t0 < 60
+    assert rows["fine"]["grad_cam"] == "ok"
+    assert rows["hang"]["grad_cam"] == "failed" and "timeout after 5 s" in rows["hang"]["error"]
+    assert rows["crash"]["grad_cam"] == "failed" and "SIGKILL" in rows["crash"]["error"]
+    assert all(rows[n][f"{m}_note"] for n in ("hang", "crash") for m in METHOD_IDS)
+
+
+@pytest.mark.parametrize(
+    ("mem_gb", "expected"), [(1.75, "OSError 12: the cap held"), (6, "allocated 2147483648 bytes")]
+)
+def test_memory_cap_is_enforced_in_the_child(tmp_path, mem_gb, expected):
+    # A cap of 1.75 GiB still fits the plan's 1.5 GiB overhead for a model of 0 parameters.
+    rows = _sweep(tmp_path, ["hog"], fake_by_name, Limits(timeout=60, mem_gb=mem_gb, big_mem_gb=8))
+    assert rows[0]["error"] == expected
+
+
+def test_resuming_into_a_csv_with_other_columns_is_refused(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("name,grad_cam\nx,ok\n")
+    with pytest.raises(ValueError, match="columns differ"):
+        RowWriter(path, columns())
+
+
+def test_memory_plan():
+    lim = Limits(mem_gb=8, big_mem_gb=16)
+    small = plan_for("m", 25_000_000, lim)
+    assert (small.dtype, small.exclusive, small.mem_gb) == ("float32", False, 8)
+    giant = plan_for("m", 1_850_000_000, lim)  # 6.9 GiB of float32 parameters
+    assert (giant.dtype, giant.exclusive, giant.mem_gb, giant.timeout) == (
+        "float32",
+        True,
+        16,
+        4 * lim.timeout,
+    )
+    bigger = plan_for("m", 4_350_000_000, lim)  # 16 GiB in float32, 8 GiB in bfloat16
+    assert (bigger.dtype, bigger.exclusive, bigger.refusal) == ("bfloat16", True, "")
+    too_big = plan_for("m", 9_000_000_000, lim)
+    assert "--big-mem-gb" in too_big.refusal and "GiB" in too_big.refusal
+
+
+def test_select_names():
+    assert select_names("resnet18,resnet10t") == ["resnet10t", "resnet18"]
+    assert len(select_names()) == len(timm.list_models())
+    with pytest.raises(ValueError, match="resnet18"):
+        select_names("resnett18")
+    smoke = select_names(families_smoke=True)
+    assert smoke == sorted(smoke_models())
+    assert select_names("resnet*", families_smoke=True) == [n for n in smoke if n.startswith("resnet")]
+
+
+def test_smoke_list_has_one_model_per_family():
+    from cnnviz.sweep.table import family_of
+
+    names = smoke_models()
+    families = [family_of(n) for n in names]
+    assert sorted(families) == sorted(timm.list_modules())
+
+
+# ---------------------------------------------------------------- summary
+
+
+def test_summary_of_a_partial_csv(tmp_path):
+    path = tmp_path / "s.csv"
+    with RowWriter(path, columns()) as w:
+        ok = {"name": "net_a", "family": "fam1", "layout": "NCHW", "head_kind": "linear", "t_total": 3}
+        for m in METHOD_IDS:
+            ok[m], ok[f"{m}_note"] = "ok", ""
+        bad = {**ok, "name": "net_b", "family": "fam2", "layout": "tokens", "head_kind": "token"}
+        bad["grad_cam"] = "failed"
+        bad["grad_cam_note"] = "check: constant map (every value 0)"
+        bad["cam"], bad["cam_note"] = "refused", "class-token pooling"
+        w.write(ok)
+        w.write(bad)
+    md = summarize(path, expected=10)
+    assert "2 models of 10 (partial)" in md
+    assert "| `grad_cam` | 1 | 0 | 1 |" in md
+    assert "| `cam` | 1 | 1 | 0 |" in md
+    assert "| net_b | `grad_cam` | check: constant map (every value 0) |" in md
+    assert "| 1 | class-token pooling |" in md
+    assert "| fam1 | 1 | NCHW 1 | 1 | 1 | 0 |" in md
+    assert "| fam2 | 1 | tokens 1 | 0 | 0 | 1 |" in md
+
+
+# ---------------------------------------------------------------- building and checking one model
+
+
+def test_candidate_sizes():
+    assert candidate_sizes("resnet18")[0] == [(3, 160, 160), (3, 224, 224)]
+    assert candidate_sizes("mixer_s32_224")[0] == [(3, 160, 160), (3, 224, 224)]  # "fixed", built smaller
+    assert candidate_sizes("test_resnet")[0] == [(3, 160, 160)]  # native is already small
+
+
+def test_build_defeats_random_init_quirks():
+    mixer = build("mixer_s32_224")  # zero-initialised classifier
+    (head,) = classifier_modules(mixer.module, "mixer_s32_224")
+    assert float(head.weight.detach().abs().min()) > 0 and float(head.bias.detach().abs().max()) > 0
+    assert mixer.module.pretrained_cfg["input_size"] == mixer.input_size == (3, 160, 160)
+    resnet = build("resnet10t")
+    bns = [m for m in resnet.module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(float((bn.running_var - 1).abs().max()) > 1e-3 for bn in bns)  # not the identity
+    assert all(float(bn.weight.abs().min()) > 0.05 for bn in bns)  # zero-init residual BN woken
+    convnext = build("convnext_atto")
+    assert float(convnext.module.stages[0].blocks[0].gamma.min()) >= 0.1  # layer scale was 1e-6
+    eva = build("eva02_tiny_patch14_224")  # a feature tower: num_classes=0 by default
+    assert eva.head_added and eva.module.num_classes == 1000
+
+
+def test_patch_multiple_after_a_failed_small_size():
+    from timm.layers import PatchEmbed
+
+    nested = torch.nn.Sequential(torch.nn.Sequential(PatchEmbed(224, 14, 3, 8)))
+    assert _patch_multiple(nested, (3, 160, 160), (3, 546, 546)) == (3, 168, 168)
+    assert _patch_multiple(nested, (3, 160, 160), (3, 168, 168)) is None  # no smaller than native
+    assert _patch_multiple(torch.nn.Conv2d(3, 3, 3), (3, 160, 160), (3, 224, 224)) is None
+    gemma = "Image size (160, 160) must be divisible by (patch_size * pooling_kernel_size) = (48, 48)"
+    assert _patch_multiple(nested, (3, 160, 160), (3, 768, 768), gemma) == (3, 192, 192)
+
+
+def test_probe_passes_a_healthy_model():
+    row = probe("resnet10t")
+    assert all(row[m] == "ok" for m in METHOD_IDS), {m: row[f"{m}_note"] for m in METHOD_IDS}
+    assert float(row["cam_err"]) <= CAM_TOL
+    assert row["input_size"] == "160x160" and row["layout"] == "NCHW" and row["cam_exact"] is True
+
+
+def test_checks_catch_wrong_results():
+    from cnnviz.sweep.build import build as build_model
+
+    built = build_model("resnet10t")
+    anatomy = cnnviz.inspect(built.module)
+    x = torch.randn(1, *built.input_size)
+    ex = cnnviz.explain(built.module, x, methods=METHOD_IDS)
+    plain = ex["vanilla_gradient"].raw
+
+    def verdict(method: str, **changes) -> str:
+        att = ex[method]
+        fake = cnnviz.Explanation(
+            attributions={method: type(att)(**{**att.__dict__, **changes})},
+            logits=ex.logits,
+            targets=ex.targets,
+            anatomy=anatomy,
+            layer=ex.layer,
+        )
+        return check(method, fake, Context(x, anatomy, CAM_TOL, plain, {}))
+
+    assert verdict("cam") == ""
+    assert "mean(CAM) + offset != logit" in verdict("cam", offset=ex["cam"].offset + 0.01)
+    assert "constant" in verdict("grad_cam", raw=torch.zeros_like(ex["grad_cam"].raw))
+    assert "not finite" in verdict("grad_cam", raw=ex["grad_cam"].raw / 0)
+    assert "shape" in verdict("grad_cam", raw=ex["grad_cam"].raw[:, :-1])
+    assert "equals the plain gradient" in verdict("guided_backprop", raw=plain.clone())
+    assert verdict("guided_backprop") == ""
+
+
+# ---------------------------------------------------------------- integration: real models
+
+
+def _assert_expected_outcome(rows: list[dict[str, str]]) -> None:
+    failed = [(r["name"], m, r[f"{m}_note"]) for r in rows for m in METHOD_IDS if r[m] == "failed"]
+    assert not failed, "failures:\n" + "\n".join(map(str, failed))
+    for r in rows:
+        has_classifier = r["num_classes"] not in ("", "0")
+        if has_classifier:
+            assert r["grad_cam"] == "ok", (r["name"], r["grad_cam_note"])
+        if r["cam"] == "ok":
+            assert r["cam_exact"] == "True" and float(r["cam_err"]) <= (
+                CAM_TOL if r["dtype"] == "float32" else 2e-2
+            ), r["name"]
+        else:
+            assert r["cam"] == "refused" and r["cam_note"].strip(), (r["name"], r["cam_note"])
+            assert r["cam_exact"] == "False", r["name"]
+
+
+def test_sweep_command_end_to_end(tmp_path, capsys):
+    from cnnviz.cli import main
+
+    out = tmp_path / "s.csv"
+    assert main(["sweep", "resnet10t,mobilenetv3_small_050", "--out", str(out), "--quiet"]) == 0
+    rows = {r["name"]: r for r in read_rows(out)}
+    assert set(rows) == {"resnet10t", "mobilenetv3_small_050"}
+    _assert_expected_outcome(list(rows.values()))
+    assert rows["resnet10t"]["cam"] == "ok"
+    assert rows["mobilenetv3_small_050"]["cam"] == "refused"  # pool -> conv -> hardswish -> linear
+    summary = (tmp_path / "s.md").read_text()
+    assert "2 models" in summary and "No failures." in summary
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_families_smoke(tmp_path):
+    """One small model per timm family, as CI runs it: the expected outcome, on real models."""
+    jobs = max(1, min(2, os.cpu_count() or 1))
+    result = run_sweep(out=tmp_path / "smoke.csv", limits=Limits(jobs=jobs), families_smoke=True)
+    rows = read_rows(tmp_path / "smoke.csv")
+    assert len(rows) == result.selected == len(smoke_models())
+    _assert_expected_outcome(rows)
+
+
+def test_committed_sweep_csv():
+    """The committed support matrix covers all of timm and shows the expected outcome."""
+    path = SUPPORT / "sweep.csv"
+    assert path.exists(), f"{path} is missing: run `cnnviz sweep --jobs 2` and commit support/"
+    rows = read_rows(path)
+    names = set(timm.list_models())
+    have = {r["name"] for r in rows}
+    assert have >= names, (
+        f"{path} is partial: {len(have & names)} of {len(names)} timm {timm.__version__} models "
+        f"(missing e.g. {sorted(names - have)[:5]}); resume it with `cnnviz sweep --jobs 2` and commit"
+    )
+    assert list(rows[0]) == columns(), "the CSV's columns are out of date: rerun the sweep"
+    rows = [r for r in rows if r["name"] in names]
+    _assert_expected_outcome(rows)
+    assert sum(r["grad_cam"] == "ok" for r in rows) >= 1364
+    with path.open(newline="") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == sorted(have)
