@@ -93,7 +93,10 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         "--timeout", type=float, default=d.timeout, help=f"seconds per model (default {d.timeout:g})"
     )
     p.add_argument(
-        "--mem-gb", type=float, default=d.mem_gb, help=f"memory cap per model (default {d.mem_gb:g})"
+        "--mem-gb",
+        type=float,
+        default=d.mem_gb,
+        help=f"GiB of address space per model above the imported libraries (default {d.mem_gb:g})",
     )
     p.add_argument(
         "--big-mem-gb",
@@ -107,7 +110,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", default=str(DEFAULT_CSV), help="CSV to write or resume (default support/sweep.csv)"
     )
-    p.add_argument("--summary", help="Markdown summary path (default: next to the CSV)")
+    p.add_argument("--summary", help="Markdown summary (default support/summary.md, else <out>.md)")
     p.add_argument(
         "--families-smoke",
         action="store_true",
@@ -171,12 +174,12 @@ def run_models(args: argparse.Namespace) -> int:
         shown = names[: args.limit]
         if len(names) > len(shown):
             print(f"{len(names)} timm models match {args.pattern!r}; showing {len(shown)} (use --limit)")
-        rows = [(n, n) for n in shown]
+        rows = list(shown)
     else:
-        rows = [(e.id, f"{e.label} ({e.family})") for e in zoo.curated()]
-    width = max(len(r[0]) for r in rows)
+        rows = [e.id for e in zoo.curated()]
+    width = max(len(r) for r in rows)
     print(f"{'model':<{width}}  {'layout':<6}  {'map C×H×W':<12}  head       CAM")
-    for name, _label in rows:
+    for name in rows:
         try:
             anatomy = zoo.load_model(name, weights="random", device="cpu").anatomy
         except Exception as exc:  # one model that cannot be built does not stop the listing

@@ -34,7 +34,9 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
         description="Explain each image (files, folders or globs) with one model. Per image, OUT/<stem>/ "
         "gets <method>.png (overlay on what the model saw), <method>.npy (the raw map) and "
         "manifest.json. Methods that do not apply to the model are reported, not fatal.",
-        epilog="Methods: " + "; ".join(f"{m.id}: {m.label} ({m.cost})" for m in cnnviz.list_methods()) + ".",
+        epilog="Methods: "
+        + "; ".join(f"{m.id} ({m.label})" for m in cnnviz.list_methods())
+        + ". Papers, costs and requirements: cnnviz methods.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     p.add_argument(

@@ -247,3 +247,19 @@ def test_models_pattern_is_limited_and_says_so(capsys):
     rows = [line for line in out.splitlines() if line.startswith("resnet1")]
     assert len(rows) == 2
     assert all("NCHW" in r and "exact" in r for r in rows)
+
+
+def test_models_without_pattern_lists_the_curated_zoo(capsys, monkeypatch):
+    from cnnviz import zoo
+
+    entries = [e for e in zoo.curated() if e.id.startswith(("resnet18", "mobilenetv3"))]
+    assert len(entries) >= 2
+    monkeypatch.setattr(zoo, "curated", lambda: tuple(entries))
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert set(rows) == {e.id for e in entries}
+    for e in entries:
+        anatomy = zoo.load_model(e.id, weights="random", device="cpu").anatomy
+        assert anatomy.layout in rows[e.id]
+        assert ("exact" in rows[e.id]) == anatomy.cam_exact and ("no (" in rows[e.id]) != anatomy.cam_exact

@@ -86,7 +86,7 @@ def test_hang_and_crash_cost_one_row_each(tmp_path):
     ("mem_gb", "expected"), [(1.75, "OSError 12: the cap held"), (6, "allocated 2147483648 bytes")]
 )
 def test_memory_cap_is_enforced_in_the_child(tmp_path, mem_gb, expected):
-    # A cap of 1.75 GiB still fits the plan's 1.5 GiB overhead for a model of 0 parameters.
+    # A cap of 1.75 GiB still fits the plan's 1 GiB overhead for a model of 0 parameters.
     rows = _sweep(tmp_path, ["hog"], fake_by_name, Limits(timeout=60, mem_gb=mem_gb, big_mem_gb=8))
     assert rows[0]["error"] == expected
 
@@ -175,7 +175,7 @@ def test_build_defeats_random_init_quirks():
     resnet = build("resnet10t")
     bns = [m for m in resnet.module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(float((bn.running_var - 1).abs().max()) > 1e-3 for bn in bns)  # not the identity
-    assert all(float(bn.weight.abs().min()) > 0.05 for bn in bns)  # zero-init residual BN woken
+    assert all(float(bn.weight.detach().abs().min()) > 0.05 for bn in bns)  # zero-init residual BN woken
     convnext = build("convnext_atto")
     assert float(convnext.module.stages[0].blocks[0].gamma.min()) >= 0.1  # layer scale was 1e-6
     eva = build("eva02_tiny_patch14_224")  # a feature tower: num_classes=0 by default
@@ -245,7 +245,7 @@ def _assert_expected_outcome(rows: list[dict[str, str]]) -> None:
             ), r["name"]
         else:
             assert r["cam"] == "refused" and r["cam_note"].strip(), (r["name"], r["cam_note"])
-            assert r["cam_exact"] == "False", r["name"]
+            assert r["cam_exact"] != "True", r["name"]
 
 
 def test_sweep_command_end_to_end(tmp_path, capsys):
@@ -265,8 +265,11 @@ def test_sweep_command_end_to_end(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_families_smoke(tmp_path):
-    """One small model per timm family, as CI runs it: the expected outcome, on real models."""
-    jobs = max(1, min(2, os.cpu_count() or 1))
+    """One small model per timm family, as CI runs it: the expected outcome, on real models.
+
+    About 2.5 minutes with one job (CNNVIZ_SWEEP_JOBS=1 on a shared machine; CI uses 2).
+    """
+    jobs = int(os.environ.get("CNNVIZ_SWEEP_JOBS", "0")) or max(1, min(2, os.cpu_count() or 1))
     result = run_sweep(out=tmp_path / "smoke.csv", limits=Limits(jobs=jobs), families_smoke=True)
     rows = read_rows(tmp_path / "smoke.csv")
     assert len(rows) == result.selected == len(smoke_models())

@@ -1,8 +1,9 @@
 """One model of the sweep: build it, inspect it, run every registered method, check each result.
 
 A method's status is ``ok`` (it ran and its result passed the checks), ``refused`` (the method
-said it does not apply, with its reason) or ``failed`` (it raised, or a check failed; the
-note says which). Checks on every ok result: finite, the right shape, not constant. Extra
+said it does not apply, with its reason; or `cnnviz.inspect` declined the whole model with an
+`AnatomyError`, e.g. an encoder that cannot classify) or ``failed`` (it raised, or a check
+failed; the note says which). Checks on every ok result: finite, the right shape, not constant. Extra
 checks:
 
 * ``cam``: Zhou et al.'s identity ``mean_xy CAM + offset == logit[target]`` to a relative
@@ -43,7 +44,12 @@ def first_line(exc: BaseException) -> str:
 
 
 def probe(name: str, small: int = 160, dtype: torch.dtype = torch.float32) -> dict[str, object]:
-    """The sweep's row for one timm model name (never raises for a model's own failure)."""
+    """The sweep's row for one timm model name (never raises for a model's own failure).
+
+    With a `dtype` other than float32 (models too large for the memory cap), it is also the
+    default dtype while the model is inspected and explained: `cnnviz.inspect` builds its probe
+    inputs in the default dtype.
+    """
     t0 = time.perf_counter()
     row: dict[str, object] = {
         "name": name,
@@ -53,19 +59,34 @@ def probe(name: str, small: int = 160, dtype: torch.dtype = torch.float32) -> di
     try:
         built = build(name, small, dtype)
     except Exception as exc:
-        return _all_failed(row, f"build: {first_line(exc)}", t0)
+        return _all_methods(row, "failed", f"build: {first_line(exc)}", t0)
     row.update(_build_columns(built))
     row["t_build"] = round(time.perf_counter() - t0, 2)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return _inspect_and_explain(row, built, dtype, t0)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _inspect_and_explain(
+    row: dict[str, object], built: Built, dtype: torch.dtype, t0: float
+) -> dict[str, object]:
     t1 = time.perf_counter()
     try:
         anatomy = cnnviz.inspect(built.module)
+    except cnnviz.AnatomyError as exc:  # the library declines the model, with its reason
+        row["num_classes"] = getattr(built.module, "num_classes", "")
+        return _all_methods(row, "refused", f"anatomy: {exc}", t0)
     except Exception as exc:
-        return _all_failed(row, f"inspect: {first_line(exc)}", t0)
+        return _all_methods(row, "failed", f"inspect: {first_line(exc)}", t0)
     row.update(anatomy_columns(anatomy))
     row["t_inspect"] = round(time.perf_counter() - t1, 2)
     t2 = time.perf_counter()
-    x = torch.randn(1, *built.input_size, generator=torch.Generator().manual_seed(seed_for(name) + 2))
-    row.update(run_methods(built.module, x.to(dtype), anatomy, dtype))
+    gen = torch.Generator().manual_seed(seed_for(row["name"]) + 2)
+    x = torch.randn(1, *built.input_size, generator=gen, dtype=torch.float32).to(dtype)
+    row.update(run_methods(built.module, x, anatomy, dtype))
     row["t_explain"] = round(time.perf_counter() - t2, 2)
     row["t_total"] = round(time.perf_counter() - t0, 2)
     row["peak_rss_mb"] = peak_rss_mb()
@@ -76,10 +97,12 @@ def peak_rss_mb() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def _all_failed(row: dict[str, object], reason: str, t0: float) -> dict[str, object]:
-    row["error"] = reason
+def _all_methods(row: dict[str, object], status: str, reason: str, t0: float) -> dict[str, object]:
+    """Every method `status` ("failed", or "refused" when the anatomy declines) with `reason`."""
+    if status == "failed":
+        row["error"] = reason
     for method in cnnviz.list_methods():
-        row[method.id] = "failed"
+        row[method.id] = status
         row[f"{method.id}_note"] = reason
     row["t_total"] = round(time.perf_counter() - t0, 2)
     row["peak_rss_mb"] = peak_rss_mb()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def _table(header: list[str], body: list[list[object]]) -> list[str]:
 
 
 def _counts(rows: list[dict[str, str]], key: str) -> list[str]:
-    c = Counter(r.get(key) or "(none)" for r in rows)
+    c = Counter(r.get(key) or "(not inspected)" for r in rows)
     return _table([key, "models"], [[k, n] for k, n in c.most_common()])
 
 
@@ -51,8 +52,12 @@ def _families(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
     return _table(["family", "models", "layouts", *cols, "models with a failure"], body)
 
 
+_NUMBER = re.compile(r"\d+(\.\d+)?e[-+]\d+")
+
+
 def _reasons(rows: list[dict[str, str]], method: str, limit: int = 12) -> list[str]:
-    c = Counter(r[f"{method}_note"] for r in rows if r[method] == "refused")
+    # Reasons that differ only in a measured error ("relative error 4.8e-02") count as one.
+    c = Counter(_NUMBER.sub("…", r[f"{method}_note"]) for r in rows if r[method] == "refused")
     if not c:
         return []
     body = [[n, reason] for reason, n in c.most_common(limit)]
