@@ -263,3 +263,31 @@ def test_models_without_pattern_lists_the_curated_zoo(capsys, monkeypatch):
         anatomy = zoo.load_model(e.id, weights="random", device="cpu").anatomy
         assert anatomy.layout in rows[e.id]
         assert ("exact" in rows[e.id]) == anatomy.cam_exact and ("no (" in rows[e.id]) != anatomy.cam_exact
+
+
+def test_layer_moves_grad_cam_and_refuses_cam(capsys, tmp_path):
+    image = str(EXAMPLES / "chelsea.jpg")
+    argv = ["explain", image, "--model", "resnet18", "--weights", "random", "--out", str(tmp_path)]
+    code, _, err = run(capsys, *argv, "--methods", "cam,grad_cam", "--layer", "layer3", "--quiet")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "chelsea" / "manifest.json").read_text())
+    assert manifest["layer"] == "layer3"
+    assert (
+        manifest["methods"]["cam"]["status"] == "refused"
+        and "final map" in manifest["methods"]["cam"]["reason"]
+    )
+    assert manifest["methods"]["grad_cam"]["layer"] == "layer3"
+    assert np.load(tmp_path / "chelsea" / "grad_cam.npy").shape == (14, 14)  # layer3 of a 224 input
+
+
+def test_unreadable_image_is_reported_and_the_others_still_written(capsys, tmp_path):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    (images / "coffee.jpg").write_bytes((EXAMPLES / "coffee.jpg").read_bytes())
+    out = tmp_path / "out"
+    argv = ["explain", str(images), "--model", "resnet18", "--weights", "random", "--out", str(out)]
+    code, _, err = run(capsys, *argv, "--methods", "grad_cam", "--quiet")
+    assert code == 1
+    assert "broken.jpg" in one_error_line(err)
+    assert (out / "coffee" / "manifest.json").exists() and not (out / "broken").exists()

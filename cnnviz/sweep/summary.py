@@ -93,6 +93,7 @@ def summarize(csv_path: str | os.PathLike, expected: int | None = None, meta: di
         lines.append(f"Wall time {float(meta['wall_s']) / 60:.1f} min with --jobs {meta.get('jobs', '?')}.")
     cpu = sum(float(r["t_total"] or 0) for r in rows)
     lines += [f"Sum of per-model times: {cpu / 60:.1f} min.", ""]
+    lines += _outcome(rows, ids)
     lines += _facts(rows, ids)
     lines += ["## Methods", "", *_methods(rows, ids)]
     for m in ids:
@@ -102,6 +103,27 @@ def summarize(csv_path: str | os.PathLike, expected: int | None = None, meta: di
     lines += ["## Per family", "", *_families(rows, ids)]
     lines += ["## Failures", "", *_failures(rows, ids)]
     return "\n".join(lines)
+
+
+def _outcome(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
+    """The claims the sweep exists to check, in numbers."""
+    classifiers = [r for r in rows if r.get("num_classes") not in (None, "", "0")]
+    lines = ["## Outcome", ""]
+    if "grad_cam" in ids:
+        ok = sum(r["grad_cam"] == "ok" for r in classifiers)
+        lines.append(f"- Grad-CAM ok on {ok} of the {len(classifiers)} models that have a classifier.")
+    if "cam" in ids:
+        cam_ok = [r for r in rows if r["cam"] == "ok"]
+        errs = [float(r["cam_err"]) for r in cam_ok if r.get("cam_err")]
+        worst = f"; largest relative error {max(errs):.1e}" if errs else ""
+        refused = sum(r["cam"] == "refused" for r in rows)
+        lines.append(
+            f"- CAM ok on {len(cam_ok)} models, each checked against `mean(CAM) + offset == logit`"
+            f"{worst}; refused with a reason on {refused}."
+        )
+    failed = [r for r in rows if any(r[m] == "failed" for m in ids)]
+    lines.append(f"- Models with a failed method: {len(failed)}" + (" (see Failures)." if failed else "."))
+    return [*lines, ""]
 
 
 def _facts(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
@@ -116,7 +138,11 @@ def _facts(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
         "passes on identity statistics or zero weights.",
     ]
     if bf16:
-        lines.append(f"- Run in bfloat16 (too large for the memory cap in float32): {', '.join(bf16)}.")
+        lines.append(
+            f"- Run in bfloat16 (too large for the memory cap in float32): {', '.join(bf16)}; their "
+            "CAM exactness is judged at bfloat16 precision, which can refuse CAM on a head that is "
+            "exact in float32."
+        )
     return [*lines, ""]
 
 
