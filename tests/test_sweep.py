@@ -146,15 +146,22 @@ def test_summary_of_a_partial_csv(tmp_path):
         bad["grad_cam"] = "failed"
         bad["grad_cam_note"] = "check: constant map (every value 0)"
         bad["cam"], bad["cam_note"] = "refused", "class-token pooling"
+        odd = {
+            **ok,
+            "name": "net_c",
+            "error": "all methods together: RuntimeError: boom; methods run one by one",
+        }
         w.write(ok)
         w.write(bad)
+        w.write(odd)
     md = summarize(path, expected=10)
-    assert "2 models of 10 (partial)" in md
-    assert "| `grad_cam` | 1 | 0 | 1 |" in md
-    assert "| `cam` | 1 | 1 | 0 |" in md
+    assert "3 models of 10 (partial)" in md
+    assert "| `grad_cam` | 2 | 0 | 1 |" in md
+    assert "| `cam` | 2 | 1 | 0 |" in md
+    assert "| net_c | (model) | all methods together: RuntimeError: boom; methods run one by one |" in md
     assert "| net_b | `grad_cam` | check: constant map (every value 0) |" in md
     assert "| 1 | class-token pooling |" in md
-    assert "| fam1 | 1 | NCHW 1 | 1 | 1 | 0 |" in md
+    assert "| fam1 | 2 | NCHW 2 | 2 | 2 | 0 |" in md
     assert "| fam2 | 1 | tokens 1 | 0 | 0 | 1 |" in md
 
 
@@ -165,6 +172,8 @@ def test_candidate_sizes():
     assert candidate_sizes("resnet18")[0] == [(3, 160, 160), (3, 224, 224)]
     assert candidate_sizes("mixer_s32_224")[0] == [(3, 160, 160), (3, 224, 224)]  # "fixed", built smaller
     assert candidate_sizes("test_resnet")[0] == [(3, 160, 160)]  # native is already small
+    sizes, note = candidate_sizes("vit_base_patch16_sapiens2")  # 1024x768 native
+    assert sizes == [(3, 256, 192), (3, 1024, 768)] and "aspect ratio" in note  # min_input_size 256x192
 
 
 def test_build_defeats_random_init_quirks():

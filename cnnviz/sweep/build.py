@@ -66,19 +66,25 @@ def seed_for(name: str) -> int:
 
 
 def candidate_sizes(name: str, small: int = SMALL_SIDE) -> tuple[list[tuple[int, int, int]], str]:
-    """Input sizes to try, smallest first, and a note when only the native size is possible."""
+    """Input sizes to try, smallest first (the native size last), and a note.
+
+    The short side goes down to `small` (not below the config's ``min_input_size``); a
+    non-square input keeps its aspect ratio, both sides rounded to multiples of 32.
+    """
     cfg = get_pretrained_cfg(name)
     native = tuple(int(v) for v in cfg.input_size)
     # A "fixed input size" (ViT-like position tables, MLP-Mixer) is fixed once the model is
     # built: most of them build at another size through `img_size`, so it is still tried.
-    if native[1] != native[2]:
-        return [native], "native: non-square input"
-    side = min(native[1], small)
+    short = min(native[1:])
+    target = min(short, small)
     if cfg.min_input_size:
-        side = max(side, int(cfg.min_input_size[1]))
-    if side >= native[1]:
+        target = max(target, min(int(v) for v in cfg.min_input_size[1:]))
+    if target >= short:
         return [native], ""
-    return [(3, side, side), native], ""
+    if native[1] == native[2]:
+        return [(3, target, target), native], ""
+    h, w = (max(32, round(v * target / short / 32) * 32) for v in native[1:])
+    return [(3, h, w), native], f"aspect ratio of {native[1]}x{native[2]} kept"
 
 
 def _create(name: str, size: tuple[int, int, int], native: tuple[int, int, int], kwargs: dict) -> nn.Module:
@@ -128,7 +134,7 @@ def build(name: str, small: int = SMALL_SIDE, dtype: torch.dtype = torch.float32
                 retry = _patch_multiple(module, size, native, str(exc))
                 if retry and retry not in sizes:
                     sizes.insert(0, retry)
-                note = f"{size[1]}px failed ({_first_line(exc)})"
+                note = f"{size[1]}x{size[2]} failed ({_first_line(exc)})"
                 continue
             if size == native and note and not note.startswith("native"):
                 note = f"native: {note}"
@@ -145,7 +151,7 @@ def build(name: str, small: int = SMALL_SIDE, dtype: torch.dtype = torch.float32
 def _patch_multiple(
     module: nn.Module | None, size: tuple[int, int, int], native: tuple[int, int, int], error: str = ""
 ) -> tuple[int, int, int] | None:
-    """The smallest multiple of the model's input granularity at least `size`, if below native.
+    """The smallest multiples of the model's input granularity at least `size`, if below native.
 
     The granularity is read from the error's "divisible by ... N" when it says so (Gemma's
     pooled patches need 48), else from the first ``patch_size`` attribute of the model.
@@ -160,10 +166,10 @@ def _patch_multiple(
             else None
         )
         p = patch[0] if isinstance(patch, tuple | list) and patch else patch
-    if not isinstance(p, int) or p <= 1 or size[1] % p == 0:
+    if not isinstance(p, int) or p <= 1 or all(v % p == 0 for v in size[1:]):
         return None
-    side = -(-size[1] // p) * p
-    return (3, side, side) if side < native[1] else None
+    h, w = (-(-v // p) * p for v in size[1:])
+    return (3, h, w) if h <= native[1] and w <= native[2] and (h, w) != native[1:] else None
 
 
 def wake_residual_scales(module: nn.Module, name: str) -> int:

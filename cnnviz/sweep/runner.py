@@ -169,6 +169,10 @@ def run(
 
         def emit(row: dict[str, object]) -> None:
             nonlocal written
+            extra = sorted(set(row) - set(columns))
+            if extra:  # a probe bug must not stop the run: keep the row, say what was dropped
+                row = {k: v for k, v in row.items() if k in columns}
+                row["error"] = f"{row.get('error') or ''} (dropped unknown columns {extra})".strip()
             writer.write(row)
             written += 1
             if on_row:
@@ -221,8 +225,12 @@ def _collect(running: list[_Running], method_ids: list[str]) -> list[dict[str, o
             if row is not None and r.proc.exitcode is None:
                 r.proc.kill()  # sent its row but did not exit: nothing more to wait for
                 r.proc.join()
-            if row is None and r.proc.exitcode is None:
-                continue  # the pipe closed but the process lingers: its timeout will catch it
+            if row is None and r.proc.exitcode is None:  # the pipe closed but the process lingers
+                if time.monotonic() - r.start < r.plan.timeout:
+                    continue
+                r.proc.kill()
+                r.proc.join()
+                row = failed_row(r.plan.name, f"timeout after {r.plan.timeout:g} s", method_ids)
             if row is None:
                 row = failed_row(r.plan.name, _exit_reason(r.proc, r.plan), method_ids)
         elif time.monotonic() - r.start >= r.plan.timeout:

@@ -73,6 +73,12 @@ def _reasons(rows: list[dict[str, str]], method: str, limit: int = 12) -> list[s
 
 def _failures(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
     body = [[r["name"], f"`{m}`", r[f"{m}_note"]] for r in rows for m in ids if r[m] == "failed"]
+    # Errors that no method's status shows (e.g. all methods together raised, one by one they ran).
+    body += [
+        [r["name"], "(model)", r["error"]]
+        for r in rows
+        if r.get("error") and not any(r[m] == "failed" for m in ids)
+    ]
     if not body:
         return ["No failures.", ""]
     return _table(["model", "method", "cause"], body)
