@@ -116,6 +116,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="one small model per timm family (support/smoke_models.txt)",
     )
+    p.add_argument(
+        "--retry-failed", action="store_true", help="run again the models whose row has a failed method"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -219,6 +222,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             on_row=on_row,
             pattern=args.pattern,
             families_smoke=args.families_smoke,
+            retry_failed=args.retry_failed,
         )
     finally:
         if bar is not None:

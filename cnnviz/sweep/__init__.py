@@ -83,6 +83,7 @@ def run_sweep(
     on_row: Callable[[dict[str, object]], None] | None = None,
     names: list[str] | None = None,
     probe_fn: Callable[[str, int, object], dict] | None = None,
+    retry_failed: bool = False,
 ) -> SweepResult:
     """Sweep the models matching `pattern` into `out` (resuming it), then sort it and summarize.
 
@@ -91,6 +92,7 @@ def run_sweep(
             ``<out>.md`` next to any other; None writes none.
         names: an explicit list instead of `pattern`.
         probe_fn: what runs in each model's process (see `runner.run`; tests pass fakes).
+        retry_failed: run again the names whose row has a failed method.
     """
     from .probe import columns, versions
 
@@ -99,7 +101,7 @@ def run_sweep(
     out = Path(out)
     cols = columns()
     t0 = time.monotonic()
-    written = run(names, out, limits, cols, on_row, probe_fn)
+    written = run(names, out, limits, cols, on_row, probe_fn, retry_failed)
     wall = time.monotonic() - t0
     total = finish(out, cols)
     meta_path = out.with_suffix(".meta.json")

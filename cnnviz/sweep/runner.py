@@ -148,20 +148,25 @@ def run(
     columns: list[str],
     on_row: Callable[[dict[str, object]], None] | None = None,
     probe_fn: ProbeFn | None = None,
+    retry_failed: bool = False,
 ) -> int:
     """Probe `names` into the CSV `out` (skipping names already there); returns rows written.
+
+    With `retry_failed`, names whose row has a failed method run again (their new row
+    replaces the old one when the file is sorted).
 
     `probe_fn(name, small, dtype) -> row` runs in the child (default `cnnviz.sweep.probe.probe`);
     it must be a module-level function so that it can be sent to the child process.
     """
     if probe_fn is None:
         from .probe import probe as probe_fn
-    done = {r["name"] for r in read_rows(out)}
+    method_ids = [c for c in columns if f"{c}_note" in columns]
+    rows = read_rows(out)
+    done = {r["name"] for r in rows if not (retry_failed and any(r.get(m) == "failed" for m in method_ids))}
     todo = [n for n in names if n not in done]
     plans = [plan_for(n, param_count(n), limits) for n in todo]
     # The big ones last, so that the many small models are not held up behind them.
     queue = deque(sorted(plans, key=lambda p: (p.exclusive, p.name)))
-    method_ids = [c for c in columns if f"{c}_note" in columns]
     running: list[_Running] = []
     written = 0
     ctx = _context()
