@@ -184,9 +184,12 @@ def _stage_names(model: nn.Module) -> list[str]:
     return names
 
 
-def _param_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+def param_like(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's parameters (CPU float32 when it has none)."""
+    for p in model.parameters():
+        if p.dtype.is_floating_point:
+            return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
 
 
 def _inspect(model: nn.Module) -> Inspection:
@@ -198,7 +201,8 @@ def _inspect(model: nn.Module) -> Inspection:
     size = probe_input_size(model)
     hw_in = (size[1], size[2])
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, *size, generator=gen).to(_param_device(model))
+    device, dtype = param_like(model)
+    x = torch.randn(2, *size, generator=gen).to(device, dtype)
     stages = _stage_names(model)
     rules = ActivationRules(switchable=False)
     arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__

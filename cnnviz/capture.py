@@ -105,25 +105,30 @@ class _SwitchableActivation(torch.autograd.Function):
     """An activation whose backward rule is read from a `_RuleState` at backward time."""
 
     @staticmethod
-    def forward(ctx, x, fn, state):
+    def forward(ctx, x, fn, state, is_relu):
         ctx.fn = fn
         ctx.state = state
-        ctx.save_for_backward(x)
-        return fn(x)
+        ctx.is_relu = is_relu
+        y = fn(x)
+        # ReLU's derivative is read from its output; other functions keep their input.
+        ctx.save_for_backward(y if is_relu else x)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
-        (x,) = ctx.saved_tensors
+        (saved,) = ctx.saved_tensors
         rule = ctx.state.rule
         if rule == "deconv":
-            return grad_out.clamp(min=0), None, None
+            return grad_out.clamp(min=0), None, None, None
         if rule == "guided":
             grad_out = grad_out.clamp(min=0)
+        if ctx.is_relu:
+            return grad_out * (saved > 0), None, None, None
         # The exact local derivative, from torch's own backward formula for the function.
         with torch.enable_grad():
-            xd = x.detach().requires_grad_(True)
+            xd = saved.detach().requires_grad_(True)
             (grad_in,) = torch.autograd.grad(ctx.fn(xd), xd, grad_out)
-        return grad_in, None, None
+        return grad_in, None, None, None
 
 
 class ActivationRules(TorchFunctionMode):
@@ -164,7 +169,7 @@ class ActivationRules(TorchFunctionMode):
         bound = {k: v for k, v in zip(params, args[1:], strict=False)}
         bound.update({k: v for k, v in kwargs.items() if k in params})
         fn = (lambda t, _p=pure, _b=bound: _p(t, **_b)) if bound else pure
-        return _SwitchableActivation.apply(x, fn, self.state)
+        return _SwitchableActivation.apply(x, fn, self.state, kind == "relu")
 
 
 def describe_rules(kinds: set[str] | tuple[str, ...], rule: str) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from .anatomy import FINAL, Inspection, MapSpec, infer_spec, inspection
+from .anatomy import FINAL, Inspection, MapSpec, infer_spec, inspection, param_like
 from .capture import ActivationRules, Passes, capture_outputs, describe_rules, model_guard
 from .methods import Method, resolve_methods
 from .types import Attribution, Explanation
@@ -119,11 +119,6 @@ def _resolve_targets(target: TargetArg, logits: torch.Tensor) -> torch.Tensor:
     return torch.tensor([int(v) for v in values], dtype=torch.long, device=logits.device)
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _run_passes(
     model: nn.Module, x: torch.Tensor, needs: frozenset[str], target: TargetArg, layer: str, insp: Inspection
 ) -> Passes:
@@ -134,7 +129,7 @@ def _run_passes(
     switchable = any(r != "plain" for r in rules)
     hw = (int(x.shape[-2]), int(x.shape[-1]))
     with model_guard(model), torch.inference_mode(False):
-        xin = x.detach().to(_device(model)).clone()
+        xin = x.detach().to(*param_like(model)).clone()
         if rules:
             xin.requires_grad_(True)
         mode = ActivationRules(switchable=True) if switchable else nullcontext()

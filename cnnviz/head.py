@@ -26,7 +26,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-TOL = 1e-4
+TOL = 1e-4  # relative, in float32; lower precisions get a few of their own epsilons
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of the numerical checks for tensors of `dtype`."""
+    return max(TOL, 4 * torch.finfo(dtype).eps) if dtype.is_floating_point else TOL
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,9 @@ class HeadVerdict:
     fold: HeadFold | None
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, tol: float = TOL) -> bool:
-    scale = b.abs().amax().clamp_min(1e-30)
-    return bool(((a - b).abs().amax() / scale) <= tol)
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    scale = b.abs().amax().float().clamp_min(1e-30)
+    return bool(((a - b).abs().amax().float() / scale) <= tolerance(b.dtype))
 
 
 def analyze_head(model: nn.Module, spec, feats: torch.Tensor, logits: torch.Tensor) -> HeadVerdict:
@@ -138,7 +143,7 @@ def _fold_mean_head(head, canon: torch.Tensor, logits: torch.Tensor) -> HeadVerd
     for make in candidates:
         fold = make(g, p)
         err = fold_error(fold, canon, logits)
-        if err <= TOL:  # (a NaN error fails too)
+        if err <= tolerance(logits.dtype):  # (a NaN error fails too)
             return HeadVerdict("norm" if fold.normalized else "linear", True, "", fold)
         errors.append(err)
     return HeadVerdict(

@@ -346,3 +346,14 @@ def test_heatmap_is_upsampled_to_the_input():
     ex = cnnviz.explain(model, x, ["grad_cam", "vanilla_gradient"])
     assert ex["grad_cam"].heatmap().shape == (2, *x.shape[-2:])
     assert torch.equal(ex["vanilla_gradient"].heatmap(), ex["vanilla_gradient"].raw.abs().amax(1))
+
+
+def test_bfloat16_model_inspects_and_explains():
+    model = make_model("test_resnet").to(torch.bfloat16)
+    anatomy = cnnviz.inspect(model)
+    assert anatomy.cam_exact, anatomy.cam_reason
+    ex = cnnviz.explain(model, input_for(model), ["cam", "grad_cam", "guided_backprop"])
+    cam = ex["cam"]
+    assert cam.raw.dtype == torch.float32 and torch.isfinite(ex["guided_backprop"].raw).all()
+    logit = _logit_of_target(ex).float()
+    assert _rel(cam.raw.mean((-2, -1)) + cam.offset, logit) < 0.05  # bfloat16 has 8 bits of mantissa
