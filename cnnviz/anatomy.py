@@ -143,10 +143,13 @@ _LOCK = threading.Lock()
 
 
 def _fingerprint(model: nn.Module) -> tuple:
-    return (
-        tuple(p._version for p in model.parameters()),
-        tuple(b._version for b in model.buffers()),
-        sum(1 for _ in model.modules()),
+    """Changes when a parameter or buffer is replaced or modified in place (load_state_dict, an
+    optimizer step, a new head); cheap enough to compute on every `explain`."""
+    return tuple(
+        (id(t), t._version)
+        for m in model.modules()
+        for t in (*m._parameters.values(), *m._buffers.values())
+        if t is not None
     )
 
 

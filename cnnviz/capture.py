@@ -184,18 +184,20 @@ def has_rectifiers(kinds: set[str] | tuple[str, ...]) -> bool:
 @contextmanager
 def model_guard(model: nn.Module) -> Iterator[None]:
     """Eval mode for one call; training flags and parameter gradients as they were afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    grads_before = [p.grad for p in model.parameters()]
-    requires = [p.requires_grad for p in model.parameters()]
-    if any(t for _, t in flags):
+    modules = list(model.modules())
+    flags = [m.training for m in modules]
+    params = [p for m in modules for p in m._parameters.values() if p is not None]
+    grads = [p.grad for p in params]
+    requires = [p.requires_grad for p in params]
+    if any(flags):
         model.eval()
     try:
         yield
     finally:
-        for m, t in flags:
+        for m, t in zip(modules, flags, strict=True):
             if m.training != t:
                 m.training = t
-        for p, g, r in zip(model.parameters(), grads_before, requires, strict=True):
+        for p, g, r in zip(params, grads, requires, strict=True):
             if p.grad is not g:
                 p.grad = g
             if p.requires_grad != r:
