@@ -72,8 +72,10 @@ class HeadVerdict:
     fold: HeadFold | None
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    scale = b.abs().amax().float().clamp_min(1e-30)
+def _close(a: torch.Tensor, b: torch.Tensor, ref: torch.Tensor | None = None) -> bool:
+    """a == b relative to the size of b (or of `ref`, the terms that were summed to make b)."""
+    scale = b.abs().amax().float() if ref is None else ref.abs().amax().float()
+    scale = scale.clamp_min(1e-30)
     return bool(((a - b).abs().amax().float() / scale) <= tolerance(b.dtype))
 
 
@@ -137,7 +139,7 @@ def _fold_mean_head(head, canon: torch.Tensor, logits: torch.Tensor) -> HeadVerd
     p1, p2 = p[:1], p[1:2]
     g1, g2 = g(p1), g(p2)
     zero = torch.zeros_like(p1)
-    affine = _close(g(0.3 * p1 + 0.7 * p2), 0.3 * g1 + 0.7 * g2) and _close(g1 + g(-p1), 2 * g(zero))
+    affine = _close(g(0.3 * p1 + 0.7 * p2), 0.3 * g1 + 0.7 * g2) and _close(g1 + g(-p1), 2 * g(zero), g1)
     candidates = [_linear_fold, _normalized_fold] if affine else [_normalized_fold, _linear_fold]
     errors = []
     for make in candidates:
