@@ -48,6 +48,35 @@ _RECTIFIERS: dict[str, tuple[Callable[..., torch.Tensor], tuple[str, ...]]] = {
 _GATES = ("sigmoid", "hardsigmoid", "tanh", "softmax")
 
 
+_INV_SQRT2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def _silu_derivative(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
+def _gelu_derivative(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1 + torch.erf(x * _INV_SQRT2)) + x * torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
+
+
+def _hardswish_derivative(x: torch.Tensor) -> torch.Tensor:
+    # torch's convention at the kinks: 0 at x = -3, 1 at x = 3
+    return torch.where(x <= -3, 0.0, torch.where(x < 3, x / 3 + 0.5, 1.0))
+
+
+def _derivative(kind: str, bound: dict) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Closed-form derivatives of the commonest smooth rectifiers (None: ask autograd)."""
+    if kind == "silu":
+        return _silu_derivative
+    if kind == "gelu" and bound.get("approximate", "none") == "none":
+        return _gelu_derivative
+    if kind == "hardswish":
+        return _hardswish_derivative
+    return None
+
+
 def _function_table() -> dict[object, str]:
     """Every callable through which an activation reaches torch, mapped to its kind."""
     table: dict[object, str] = {}
@@ -105,10 +134,11 @@ class _SwitchableActivation(torch.autograd.Function):
     """An activation whose backward rule is read from a `_RuleState` at backward time."""
 
     @staticmethod
-    def forward(ctx, x, fn, state, is_relu):
+    def forward(ctx, x, fn, state, is_relu, derivative):
         ctx.fn = fn
         ctx.state = state
         ctx.is_relu = is_relu
+        ctx.derivative = derivative
         y = fn(x)
         # ReLU's derivative is read from its output; other functions keep their input.
         ctx.save_for_backward(y if is_relu else x)
@@ -118,17 +148,20 @@ class _SwitchableActivation(torch.autograd.Function):
     def backward(ctx, grad_out):
         (saved,) = ctx.saved_tensors
         rule = ctx.state.rule
+        none = (None,) * 4
         if rule == "deconv":
-            return grad_out.clamp(min=0), None, None, None
+            return grad_out.clamp(min=0), *none
         if rule == "guided":
             grad_out = grad_out.clamp(min=0)
         if ctx.is_relu:
-            return grad_out * (saved > 0), None, None, None
+            return grad_out * (saved > 0), *none
+        if ctx.derivative is not None:
+            return grad_out * ctx.derivative(saved), *none
         # The exact local derivative, from torch's own backward formula for the function.
         with torch.enable_grad():
             xd = saved.detach().requires_grad_(True)
             (grad_in,) = torch.autograd.grad(ctx.fn(xd), xd, grad_out)
-        return grad_in, None, None, None
+        return grad_in, *none
 
 
 class ActivationRules(TorchFunctionMode):
@@ -169,7 +202,7 @@ class ActivationRules(TorchFunctionMode):
         bound = {k: v for k, v in zip(params, args[1:], strict=False)}
         bound.update({k: v for k, v in kwargs.items() if k in params})
         fn = (lambda t, _p=pure, _b=bound: _p(t, **_b)) if bound else pure
-        return _SwitchableActivation.apply(x, fn, self.state, kind == "relu")
+        return _SwitchableActivation.apply(x, fn, self.state, kind == "relu", _derivative(kind, bound))
 
 
 def describe_rules(kinds: set[str] | tuple[str, ...], rule: str) -> tuple[str, ...]:

@@ -357,3 +357,14 @@ def test_bfloat16_model_inspects_and_explains():
     assert cam.raw.dtype == torch.float32 and torch.isfinite(ex["guided_backprop"].raw).all()
     logit = _logit_of_target(ex).float()
     assert _rel(cam.raw.mean((-2, -1)) + cam.offset, logit) < 0.05  # bfloat16 has 8 bits of mantissa
+
+
+@pytest.mark.parametrize("fn", [F.silu, F.gelu, F.hardswish])
+def test_closed_form_activation_derivatives_equal_autograds(fn):
+    from cnnviz.capture import _derivative
+
+    kind = fn.__name__
+    x = torch.linspace(-6, 6, 24001, dtype=torch.float64, requires_grad=True)
+    x = torch.cat([x, torch.tensor([-3.0, 3.0], dtype=torch.float64, requires_grad=True)])
+    (expected,) = torch.autograd.grad(fn(x).sum(), x)
+    assert torch.allclose(_derivative(kind, {})(x.detach()), expected, atol=1e-12)
