@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -119,65 +120,88 @@ def _resolve_targets(target: TargetArg, logits: torch.Tensor) -> torch.Tensor:
     return torch.tensor([int(v) for v in values], dtype=torch.long, device=logits.device)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Which passes the requested methods need."""
+
+    rules: tuple[str, ...]  # backward rules whose input gradient is needed
+    need_map: bool
+    need_map_grad: bool
+
+    @classmethod
+    def of(cls, needs: frozenset[str]) -> _Plan:
+        rules = tuple(r for r in ("plain", "guided", "deconv") if f"grad:{r}" in needs)
+        return cls(rules, "map" in needs or "map_grad" in needs, "map_grad" in needs)
+
+    @property
+    def switchable(self) -> bool:
+        return any(r != "plain" for r in self.rules)
+
+    @property
+    def late_graph(self) -> bool:
+        """Without input gradients the graph only needs to start at the layer."""
+        return self.need_map_grad and not self.rules
+
+    @property
+    def backward_order(self) -> list[str]:
+        return (["plain"] if self.need_map_grad and "plain" not in self.rules else []) + list(self.rules)
+
+
 def _run_passes(
     model: nn.Module, x: torch.Tensor, needs: frozenset[str], target: TargetArg, layer: str, insp: Inspection
 ) -> Passes:
-    rules = [r for r in ("plain", "guided", "deconv") if f"grad:{r}" in needs]
-    need_map_grad = "map_grad" in needs
-    need_map = "map" in needs or need_map_grad
-    need_grad = bool(rules) or need_map_grad
-    switchable = any(r != "plain" for r in rules)
+    plan = _Plan.of(needs)
     hw = (int(x.shape[-2]), int(x.shape[-1]))
     with model_guard(model), torch.inference_mode(False):
-        xin = x.detach().to(*param_like(model)).clone()
-        if rules:
-            xin.requires_grad_(True)
-        mode = ActivationRules(switchable=True) if switchable else nullcontext()
-        # Without input gradients the graph only needs to start at the layer (see capture_outputs).
-        late = need_map_grad and not rules
-        capture = nullcontext()
-        if need_map and layer != FINAL:
-            capture = capture_outputs(model, [layer], start_graph=late)
-        if not need_grad:
-            grad_mode = torch.inference_mode()
-        else:
-            grad_mode = torch.no_grad() if late else torch.enable_grad()
-        with grad_mode, mode, capture as cap:
-            feats = model.forward_features(xin)
-            if late and layer == FINAL:
-                feats = feats.detach().requires_grad_(True)
-            with torch.enable_grad() if late else nullcontext():
-                logits = model.forward_head(feats)
+        xin = x.detach().to(*param_like(model)).clone().requires_grad_(bool(plan.rules))
+        mode = ActivationRules(switchable=True) if plan.switchable else nullcontext()
+        feats, logits, cap = _forward(model, xin, plan, layer, mode)
         targets = _resolve_targets(target, logits.detach())
         passes = Passes(x=xin.detach(), logits=logits.detach(), targets=targets, layer=layer, fold=insp.fold)
-        passes.kinds = tuple(sorted(mode.kinds)) if switchable else insp.anatomy.activations
+        passes.kinds = tuple(sorted(mode.kinds)) if plan.switchable else insp.anatomy.activations
         native, spec = None, None
-        if need_map:
-            native, spec = _map_at(model, feats, cap, layer, hw, insp)
+        if plan.need_map:
+            native, spec = _map_at(model, feats, cap, layer, hw)
             passes.map = spec.to_canonical(native).detach().float()
             passes.layer_notes = (insp.anatomy.source_note,) if layer == insp.anatomy.source != FINAL else ()
-        if need_grad:
-            score = logits.gather(1, targets[:, None]).sum()
-            order = (["plain"] if need_map_grad and "plain" not in rules else []) + rules
-            for i, rule in enumerate(order):
-                inputs = [xin] if rule in rules else []
-                if rule == "plain" and need_map_grad:
-                    inputs.append(native)
-                if switchable:
-                    mode.rule = rule
-                grads = torch.autograd.grad(score, inputs, retain_graph=i < len(order) - 1, allow_unused=True)
-                grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads, strict=True)]
-                if rule in rules:
-                    passes.input_grads[rule] = grads[0].detach().float()
-                    passes.rule_notes[rule] = describe_rules(passes.kinds, rule)
-                if rule == "plain" and need_map_grad:
-                    passes.map_grad = spec.to_canonical(grads[-1]).detach().float()
+        score = logits.gather(1, targets[:, None]).sum()
+        order = plan.backward_order
+        for i, rule in enumerate(order):
+            inputs = [xin] if rule in plan.rules else []
+            if rule == "plain" and plan.need_map_grad:
+                inputs.append(native)
+            if plan.switchable:
+                mode.rule = rule
+            grads = torch.autograd.grad(score, inputs, retain_graph=i < len(order) - 1, allow_unused=True)
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads, strict=True)]
+            if rule in plan.rules:
+                passes.input_grads[rule] = grads[0].detach().float()
+                passes.rule_notes[rule] = describe_rules(passes.kinds, rule)
+            if rule == "plain" and plan.need_map_grad:
+                passes.map_grad = spec.to_canonical(grads[-1]).detach().float()
     return passes
 
 
-def _map_at(
-    model: nn.Module, feats, cap, layer: str, hw: tuple[int, int], insp: Inspection
-) -> tuple[torch.Tensor, MapSpec]:
+def _forward(model: nn.Module, xin: torch.Tensor, plan: _Plan, layer: str, mode):
+    """One forward pass recording what the plan needs: (features, logits, captured outputs)."""
+    late = plan.late_graph
+    capture = nullcontext()
+    if plan.need_map and layer != FINAL:
+        capture = capture_outputs(model, [layer], start_graph=late)
+    if not (plan.rules or plan.need_map_grad):
+        grad_mode = torch.inference_mode()
+    else:
+        grad_mode = torch.no_grad() if late else torch.enable_grad()
+    with grad_mode, mode, capture as cap:
+        feats = model.forward_features(xin)
+        if late and layer == FINAL:
+            feats = feats.detach().requires_grad_(True)
+        with torch.enable_grad() if late else nullcontext():
+            logits = model.forward_head(feats)
+    return feats, logits, cap
+
+
+def _map_at(model: nn.Module, feats, cap, layer: str, hw: tuple[int, int]) -> tuple[torch.Tensor, MapSpec]:
     native = feats if layer == FINAL else cap.outputs.get(layer)
     if native is None:
         raise ValueError(f"layer {layer!r} produced no tensor output in the forward pass")
