@@ -50,22 +50,35 @@ def placeholder(size: tuple[int, int], title: str, reason: str) -> Image.Image:
 
 
 class ArchiveDir:
-    """Where downloads are written; files older than an hour are removed on each write."""
+    """Where downloads and pictures are written; files older than an hour are removed on each write.
+
+    Pictures go to files of their own rather than to Gradio as PIL images: Gradio names a PIL
+    image's cache file by its content and rewrites it in place, so two visitors who get the same
+    picture at once could be served a half-written file. A file path is copied atomically.
+    """
 
     def __init__(self, max_age_s: float = 3600.0):
         self.path = Path(tempfile.mkdtemp(prefix="cnnviz-app-"))
         self.max_age_s = max_age_s
 
-    def new_zip(self, stem: str) -> Path:
+    def new_file(self, stem: str, suffix: str) -> Path:
         now = time.time()
-        for old in self.path.glob("*.zip"):
+        for old in self.path.iterdir():
             with contextlib.suppress(FileNotFoundError):  # another request may prune it first
                 if now - old.stat().st_mtime > self.max_age_s:
                     old.unlink()
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)[:80]
-        fd, name = tempfile.mkstemp(prefix=f"{safe}-", suffix=".zip", dir=self.path)
+        fd, name = tempfile.mkstemp(prefix=f"{safe}-", suffix=suffix, dir=self.path)
         os.close(fd)
         return Path(name)
+
+    def new_zip(self, stem: str) -> Path:
+        return self.new_file(stem, ".zip")
+
+    def save_png(self, image: Image.Image, stem: str) -> str:
+        path = self.new_file(stem, ".png")
+        image.save(path, format="PNG")
+        return str(path)
 
 
 def write_zip(

@@ -166,7 +166,10 @@ class App:
             )
         return (
             results.label_dict(result.top),
-            list(result.gallery),
+            [
+                (self.archives.save_png(img, f"{model.name}-{i}"), cap)
+                for i, (img, cap) in enumerate(result.gallery)
+            ],
             core.anatomy_markdown(model),
             result.notes,
             str(result.archive),
@@ -219,7 +222,7 @@ class App:
         table = results.compare_table(rows)
         meta = {"models": names, "methods": method_ids, "shared_scale": bool(shared_scale)}
         archive = results.write_zip(self.archives.new_zip("cnnviz-compare"), arrays, pictures, meta)
-        return grid, table, str(archive)
+        return self.archives.save_png(grid, "cnnviz-compare"), table, str(archive)
 
 
 def _model_dropdown(app: App, label: str, multiselect: bool = False, value: Any = None) -> gr.Dropdown:
