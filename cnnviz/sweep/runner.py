@@ -164,9 +164,11 @@ def run(
     rows = read_rows(out)
     done = {r["name"] for r in rows if not (retry_failed and any(r.get(m) == "failed" for m in method_ids))}
     todo = [n for n in names if n not in done]
-    plans = [plan_for(n, param_count(n), limits) for n in todo]
-    # The big ones last, so that the many small models are not held up behind them.
-    queue = deque(sorted(plans, key=lambda p: (p.exclusive, p.name)))
+    sizes = {n: param_count(n) for n in todo}
+    plans = [plan_for(n, sizes[n], limits) for n in todo]
+    # Smallest first and the ones that need the machine alone last: the many small models are not
+    # held up behind the big ones, and a run that is stopped early (it resumes) covers the most.
+    queue = deque(sorted(plans, key=lambda p: (p.exclusive, sizes[p.name], p.name)))
     running: list[_Running] = []
     written = 0
     ctx = _context()
