@@ -135,7 +135,6 @@ class Inspection:
 
     anatomy: Anatomy
     fold: HeadFold | None
-    source_spec: MapSpec
 
 
 _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Inspection]] = weakref.WeakKeyDictionary()
@@ -286,7 +285,7 @@ def _inspect(model: nn.Module) -> Inspection:
         stages=tuple(stage_names),
         stage_shapes=tuple(stage_shapes),  # type: ignore[arg-type]
     )
-    return Inspection(anatomy=anatomy, fold=fold if cam_exact else None, source_spec=spec)
+    return Inspection(anatomy=anatomy, fold=fold if cam_exact else None)
 
 
 def find_gradient_layer(
