@@ -53,7 +53,17 @@ def _final_module(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
 
 def cases(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
     target = int(model(x).argmax())
+
+    def autograd_floor():
+        # What any implementation pays at least: one forward with autograd and three
+        # input-gradient backward passes (plain autograd, no rules, nothing recorded).
+        xi = x.clone().requires_grad_(True)
+        score = model(xi)[0, target]
+        for i in range(3):
+            torch.autograd.grad(score, xi, retain_graph=i < 2)
+
     out: dict[str, Callable[[], object]] = {
+        "autograd: forward + 3 input-gradient passes": autograd_floor,
         "cnnviz cam": lambda: cnnviz.explain(model, x, ["cam"], strict=False),
         "cnnviz grad_cam": lambda: cnnviz.explain(model, x, ["grad_cam"]),
         "cnnviz vanilla_gradient": lambda: cnnviz.explain(model, x, ["vanilla_gradient"]),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .capture import ActivationRules, capture_outputs, model_guard
+from .capture import ActivationRules, all_modules, capture_outputs, model_guard
 from .head import HeadFold, analyze_head, describe_head
 from .types import Anatomy
 
@@ -141,14 +141,17 @@ _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Inspection]] = weakref
 _LOCK = threading.Lock()
 
 
-def _fingerprint(model: nn.Module) -> tuple:
+def _fingerprint(modules: list[nn.Module]) -> tuple:
     """Changes when a parameter or buffer is replaced or modified in place (load_state_dict, an
     optimizer step, a new head); cheap enough to compute on every `explain`."""
     return tuple(
-        (id(t), t._version)
-        for m in model.modules()
-        for t in (*m._parameters.values(), *m._buffers.values())
-        if t is not None
+        [
+            (id(t), t._version)
+            for m in modules
+            for d in (m._parameters, m._buffers)
+            for t in d.values()
+            if t is not None
+        ]
     )
 
 
@@ -161,14 +164,18 @@ def inspect(model: nn.Module) -> Anatomy:
     return inspection(model).anatomy
 
 
-def inspection(model: nn.Module) -> Inspection:
-    """`inspect` with the engine's extras; cached per model until its weights change."""
-    fp = _fingerprint(model)
+def inspection(model: nn.Module, modules: list[nn.Module] | None = None) -> Inspection:
+    """`inspect` with the engine's extras; cached per model until its weights change.
+
+    ``modules``: ``all_modules(model)`` when the caller has it already.
+    """
+    modules = all_modules(model) if modules is None else modules
+    fp = _fingerprint(modules)
     with _LOCK:
         hit = _CACHE.get(model)
     if hit is not None and hit[0] == fp:
         return hit[1]
-    with model_guard(model):
+    with model_guard(model, modules):
         result = _inspect(model)
     with _LOCK:
         _CACHE[model] = (fp, result)

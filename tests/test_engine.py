@@ -359,12 +359,48 @@ def test_bfloat16_model_inspects_and_explains():
     assert _rel(cam.raw.mean((-2, -1)) + cam.offset, logit) < 0.05  # bfloat16 has 8 bits of mantissa
 
 
-@pytest.mark.parametrize("fn", [F.silu, F.gelu, F.hardswish])
-def test_closed_form_activation_derivatives_equal_autograds(fn):
-    from cnnviz.capture import _derivative
+@pytest.mark.parametrize(
+    ("kind", "bound"),
+    [
+        ("relu", {}),
+        ("silu", {}),
+        ("gelu", {}),
+        ("gelu", {"approximate": "tanh"}),
+        ("hardswish", {}),
+        ("mish", {}),
+        ("relu6", {}),
+        ("hardtanh", {"min_val": -2.0, "max_val": 0.5}),
+        ("leaky_relu", {"negative_slope": 0.2}),
+    ],
+)
+def test_fused_local_backward_equals_autograds(kind, bound):
+    from cnnviz.capture import _RECTIFIERS, _local_backward
 
-    kind = fn.__name__
-    x = torch.linspace(-6, 6, 24001, dtype=torch.float64, requires_grad=True)
-    x = torch.cat([x, torch.tensor([-3.0, 3.0], dtype=torch.float64, requires_grad=True)])
-    (expected,) = torch.autograd.grad(fn(x).sum(), x)
-    assert torch.allclose(_derivative(kind, {})(x.detach()), expected, atol=1e-12)
+    pure = _RECTIFIERS[kind][0]
+    x = torch.linspace(-7, 7, 28001, dtype=torch.float64)
+    x = torch.cat([x, torch.tensor([-3.0, 0.0, 3.0, 6.0, -2.0, 0.5], dtype=torch.float64)])
+    x.requires_grad_(True)
+    y = pure(x, **bound)
+    g = torch.randn_like(x)
+    (expected,) = torch.autograd.grad(y, x, g)
+    saved = y.detach() if kind == "relu" else x.detach()
+    assert torch.allclose(_local_backward(kind, bound)(g, saved), expected, atol=1e-12)
+
+
+def test_frozen_batch_norm_gradient_equals_autograds():
+    from cnnviz.capture import ActivationRules
+
+    bn = torch.nn.BatchNorm2d(5).double().eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(-2, 2)
+        bn.bias.uniform_(-1, 1)
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    with ActivationRules(switchable=True):
+        y = bn(x)
+    (got,) = torch.autograd.grad(y, x, g)
+    (expected,) = torch.autograd.grad(bn(x), x, g)
+    assert y.grad_fn is not None and "FrozenBatchNorm" in type(y.grad_fn).__name__
+    assert torch.allclose(y, bn(x)) and torch.allclose(got, expected, atol=1e-12)
