@@ -252,6 +252,24 @@ def test_guided_rule_on_relu_is_springenbergs_exactly():
     assert torch.allclose(ex["deconvnet"].raw, expected_d, atol=1e-7)
 
 
+def test_blank_grad_cam_says_why():
+    # test_resnet's final map follows a ReLU, so it is >= 0: a class whose weights are all negative
+    # has a negative weighted map at every position, which Grad-CAM's ReLU turns into a blank map.
+    model = make_model("test_resnet")
+    with torch.no_grad():
+        model.fc.weight[7] = -model.fc.weight[7].abs() - 1e-3
+    x = input_for(model)
+    ex = cnnviz.explain(model, x, ["grad_cam", "guided_grad_cam", "cam"], target=[7, 7])
+    assert ex["cam"].raw.amax() < 0
+    assert torch.equal(ex["grad_cam"].raw, torch.zeros_like(ex["grad_cam"].raw))
+    assert not ex["guided_grad_cam"].raw.any()
+    blank = [n for n in ex["grad_cam"].notes if "negative at every position" in n]
+    assert [n.split(":")[0] for n in blank] == ["sample 0", "sample 1"]
+    assert any("Grad-CAM is blank" in n for n in ex["guided_grad_cam"].notes)
+    ok = cnnviz.explain(model, x, ["grad_cam"], target=[7, 3])
+    assert [n.split(":")[0] for n in ok["grad_cam"].notes if "negative" in n] == ["sample 0"]
+
+
 def test_guided_grad_cam_is_guided_backprop_times_upsampled_grad_cam():
     model = make_model("test_resnet")
     x = input_for(model)

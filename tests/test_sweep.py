@@ -11,6 +11,7 @@ import mmap
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import torch
 import cnnviz
 from cnnviz.sweep import Limits, run_sweep, select_names, smoke_models, summarize
 from cnnviz.sweep.build import _patch_multiple, build, candidate_sizes, classifier_modules
-from cnnviz.sweep.probe import CAM_TOL, Context, check, columns, probe
+from cnnviz.sweep.probe import CAM_TOL, Context, check, columns, probe, run_methods
 from cnnviz.sweep.runner import plan_for
 from cnnviz.sweep.table import RowWriter, read_rows
 
@@ -245,6 +246,30 @@ def test_checks_catch_wrong_results():
     assert "shape" in verdict("grad_cam", raw=ex["grad_cam"].raw[:, :-1])
     assert "equals the plain gradient" in verdict("guided_backprop", raw=plain.clone())
     assert verdict("guided_backprop") == ""
+
+
+def test_a_blank_grad_cam_is_ok_with_its_reason_and_a_fake_one_is_not():
+    # Every class weight negative on a map that follows a ReLU: Grad-CAM's ReLU leaves a blank map
+    # for the top class, which is the method as defined (the row says why), not a failure.
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=5).eval()
+    with torch.no_grad():
+        model.fc.weight.copy_(-model.fc.weight.abs() - 1e-3)
+    anatomy = cnnviz.inspect(model)
+    x = torch.randn(1, 3, anatomy.shape[1] * 32, anatomy.shape[2] * 32)
+    out = run_methods(model, x, anatomy)
+    assert out["grad_cam"] == "ok" and out["grad_cam_note"].startswith("blank map: sample 0: ")
+    assert out["guided_grad_cam"] == "ok" and "negative at every position" in out["guided_grad_cam_note"]
+    assert out["vanilla_gradient"] == "ok" and out["vanilla_gradient_note"] == ""
+    ex = cnnviz.explain(model, x, ["grad_cam"])
+    fake = cnnviz.Explanation(
+        attributions={"grad_cam": replace(ex["grad_cam"], notes=ex["grad_cam"].notes[:1])},
+        logits=ex.logits,
+        targets=ex.targets,
+        anatomy=anatomy,
+        layer=ex.layer,
+    )
+    assert "constant map" in check("grad_cam", fake, Context(x, anatomy, CAM_TOL, None, {}))
 
 
 # ---------------------------------------------------------------- integration: real models

@@ -54,10 +54,24 @@ def cam(passes: Passes):
     return raw, tuple(notes), offset
 
 
-def grad_cam_map(passes: Passes) -> torch.Tensor:
-    """``ReLU(sum_k alpha_k^c A^k)`` with ``alpha_k^c`` the spatial mean of the gradient."""
+def grad_cam_signed(passes: Passes) -> torch.Tensor:
+    """``sum_k alpha_k^c A^k`` with ``alpha_k^c`` the spatial mean of the gradient (before the ReLU)."""
     alpha = passes.map_grad.mean((2, 3))
-    return torch.relu(torch.einsum("bc,bchw->bhw", alpha, passes.map))
+    return torch.einsum("bc,bchw->bhw", alpha, passes.map)
+
+
+def blank_notes(passes: Passes, signed: torch.Tensor) -> list[str]:
+    """Why Grad-CAM is blank, for each sample where it is: never a silent empty picture."""
+    if not bool(passes.map_grad.abs().amax() > 0):
+        return ["the gradient at this layer is zero everywhere: the map is blank"]
+    peak = signed.amax((-2, -1))
+    return [
+        f"sample {i}: sum_k alpha_k A^k is negative at every position (largest {float(peak[i]):.3g}): "
+        "no position at this layer adds evidence for the target, so the ReLU leaves a blank map; "
+        "try another target or layer, or 'cam' for signed evidence where it applies"
+        for i in range(signed.shape[0])
+        if not bool(peak[i] > 0)
+    ]
 
 
 @register_method(
@@ -77,7 +91,6 @@ def grad_cam_map(passes: Passes) -> torch.Tensor:
     check=_grad_cam_check,
 )
 def grad_cam(passes: Passes):
-    notes = [f"layer: {passes.layer}", *passes.layer_notes]
-    if not bool(passes.map_grad.abs().amax() > 0):
-        notes.append("the gradient at this layer is zero everywhere: the map is blank")
-    return grad_cam_map(passes), tuple(notes)
+    signed = grad_cam_signed(passes)
+    notes = [f"layer: {passes.layer}", *passes.layer_notes, *blank_notes(passes, signed)]
+    return torch.relu(signed), tuple(notes)

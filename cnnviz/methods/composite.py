@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from ..capture import Passes
-from .cam import _grad_cam_check, grad_cam_map
+from .cam import _grad_cam_check, blank_notes, grad_cam_signed
 from .registry import register_method
 
 
@@ -25,7 +26,9 @@ from .registry import register_method
     check=_grad_cam_check,
 )
 def guided_grad_cam(passes: Passes):
-    cam = grad_cam_map(passes)
+    signed = grad_cam_signed(passes)
+    cam = torch.relu(signed)
     up = F.interpolate(cam[:, None], size=passes.x.shape[-2:], mode="bilinear", align_corners=False)
     notes = [f"Grad-CAM layer: {passes.layer}", *passes.rule_notes.get("guided", ())]
+    notes += [f"Grad-CAM is blank, so this is zero: {n}" for n in blank_notes(passes, signed)]
     return passes.input_grads["guided"] * up, tuple(notes)
