@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -25,24 +24,9 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from cnnviz import app_logic as core  # noqa: E402
 from cnnviz import ui  # noqa: E402
+from scripts.chromium import CHROMIUM_ARGS, free_port  # noqa: E402
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 600_000  # first runs may download weights
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shoot_explain(page, url: str, out: Path, image: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -18,20 +17,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cnnviz import app_logic as core
+from scripts.chromium import CHROMIUM_ARGS, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.app]
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SETTINGS = core.AppSettings(weights="random", allow_any_model=True, default_model="test_resnet")
 
 
@@ -49,12 +39,6 @@ def ensure_chromium() -> None:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
         if done.returncode != 0:
             pytest.skip(f"BROWSER TEST NOT RUN: `{' '.join(cmd)}` failed: {done.stderr.strip()[-500:]}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
