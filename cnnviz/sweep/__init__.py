@@ -108,12 +108,16 @@ def run_sweep(
     before = load_meta(meta_path) if written < total else {}
     meta = {
         **versions(),
-        "pattern": pattern or "*",
+        # What the CSV covers: a resumed run keeps the first run's pattern; each run names its own.
+        "pattern": before.get("pattern") or pattern or "*",
         "families_smoke": families_smoke,
         "jobs": limits.jobs,
         # Wall time over every run that filled this CSV (a resumed sweep adds its runs up).
         "wall_s": round(float(before.get("wall_s") or 0.0) + wall, 1),
-        "runs": [*before.get("runs", []), {"date": datetime.date.today().isoformat(), "models": written}],
+        "runs": [
+            *before.get("runs", []),
+            {"date": datetime.date.today().isoformat(), "models": written, "pattern": pattern or "*"},
+        ],
     }
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     md = None
@@ -121,7 +125,8 @@ def run_sweep(
         if summary != "auto":
             md = Path(summary)
         else:
-            md = out.parent / "summary.md" if out == DEFAULT_CSV else out.with_suffix(".md")
+            default = out.resolve() == DEFAULT_CSV.resolve()
+            md = out.parent / "summary.md" if default else out.with_suffix(".md")
         missing = set(names) - {r["name"] for r in read_rows(out)}
         write_summary(out, md, expected=total + len(missing) if missing else None, meta=meta)
     return SweepResult(out, md, len(names), written, total, wall)
