@@ -246,7 +246,7 @@ def _inspect(model: nn.Module) -> Inspection:
             "class-token pooling: the head reads only the class token" if head_kind == "token" else cam_reason
         )
         if found is not None:
-            source, spec, share = found
+            source, spec, share, source_out = found
             source_note = f"{why}; the gradient reaches this layer's patch tokens ({share:.0%} of its norm)"
         elif spec is None:
             raise AnatomyError(
@@ -261,10 +261,8 @@ def _inspect(model: nn.Module) -> Inspection:
         with torch.no_grad():
             canon = spec.to_canonical(feats)
     else:
-        with torch.no_grad(), capture_outputs(model, [source]) as cap_source:
-            model.forward_head(model.forward_features(x))
-        canon = spec.to_canonical(cap_source.outputs[source])
-        cap.outputs.setdefault(source, cap_source.outputs[source])
+        canon = spec.to_canonical(source_out)
+        cap.outputs.setdefault(source, source_out)
         if source not in stages:
             stages.append(source)
     stage_names, stage_shapes = [], []
@@ -297,8 +295,11 @@ def _inspect(model: nn.Module) -> Inspection:
 
 def find_gradient_layer(
     model: nn.Module, x: torch.Tensor, hw_in: tuple[int, int]
-) -> tuple[str, MapSpec, float] | None:
+) -> tuple[str, MapSpec, float, torch.Tensor] | None:
     """The last layer (in call order) whose spatial positions carry most of the logit's gradient.
+
+    Returns its name, layout, the share of the gradient's norm on its spatial positions, and
+    its output on `x` (detached).
 
     Used where the head ignores the final map's patch tokens (class-token pooling): there
     the gradient at `forward_features` is exactly zero on the patches, and Grad-CAM must
@@ -316,7 +317,7 @@ def find_gradient_layer(
 
 def _search_gradient_layer(
     model: nn.Module, x: torch.Tensor, hw_in: tuple[int, int], width: int | None
-) -> tuple[str, MapSpec, float] | None:
+) -> tuple[str, MapSpec, float, torch.Tensor] | None:
     specs: dict[str, MapSpec] = {}
 
     projections = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -349,5 +350,5 @@ def _search_gradient_layer(
             continue
         share = float(specs[name].to_canonical(g).norm() / total)
         if share >= 0.5:
-            return name, specs[name], share
+            return name, specs[name], share, cap.outputs[name].detach()
     return None
