@@ -7,6 +7,7 @@ that the child can import them); real models run in the integration tests at the
 from __future__ import annotations
 
 import csv
+import json
 import mmap
 import os
 import signal
@@ -23,6 +24,7 @@ from cnnviz.sweep import Limits, run_sweep, select_names, smoke_models, summariz
 from cnnviz.sweep.build import _patch_multiple, build, candidate_sizes, classifier_modules
 from cnnviz.sweep.probe import CAM_TOL, Context, check, columns, probe, run_methods
 from cnnviz.sweep.runner import plan_for
+from cnnviz.sweep.summary import readme_excerpt
 from cnnviz.sweep.table import RowWriter, read_rows
 
 METHOD_IDS = [m.id for m in cnnviz.list_methods()]
@@ -70,6 +72,23 @@ def test_resumes_skipping_names_already_written(tmp_path):
     again = run_sweep(names=["a", "c", "b"], out=tmp_path / "s.csv", limits=FAST, probe_fn=fake_ok)
     assert (again.written, again.rows) == (1, 3)
     assert [r["name"] for r in read_rows(tmp_path / "s.csv")] == ["a", "b", "c"]  # sorted at the end
+
+
+def test_a_resumed_run_is_summarized_against_what_the_csv_covers(tmp_path):
+    path = tmp_path / "s.csv"
+    run_sweep(names=["resnet14t"], out=path, limits=FAST, probe_fn=fake_ok)
+    meta_path = path.with_suffix(".meta.json")
+    # as if the first run had been `cnnviz sweep resnet10t,resnet14t,resnet18` and was interrupted
+    meta_path.write_text(
+        json.dumps({**json.loads(meta_path.read_text()), "pattern": "resnet10t,resnet14t,resnet18"})
+    )
+    run_sweep("resnet10t", out=path, limits=FAST, probe_fn=fake_ok)
+    meta = json.loads(meta_path.read_text())
+    assert meta["pattern"] == "resnet10t,resnet14t,resnet18" and meta["runs"][-1]["pattern"] == "resnet10t"
+    assert len(meta["runs"]) == 2 and meta["runs"][0]["pattern"] is None
+    assert "2 models of 3 (partial)" in (tmp_path / "s.md").read_text()
+    run_sweep(names=["x"], out=tmp_path / "t.csv", limits=FAST, probe_fn=fake_ok)
+    assert "1 models, random weights" in (tmp_path / "t.md").read_text()  # a list covers itself
 
 
 def test_retry_failed_reruns_only_failed_rows(tmp_path):
@@ -164,8 +183,10 @@ def test_summary_of_a_partial_csv(tmp_path):
         w.write(ok)
         w.write(bad)
         w.write(odd)
-    md = summarize(path, expected=10)
+    runs = [{"models": 2, "jobs": 2}, {"models": 1, "jobs": 1}]
+    md = summarize(path, expected=10, meta={"wall_s": 90, "jobs": 2, "runs": runs})
     assert "3 models of 10 (partial)" in md
+    assert "Wall time 1.5 min over 2 resumed runs, with --jobs 1 or 2." in md
     assert "| `grad_cam` | 2 | 0 | 1 |" in md
     assert "| `cam` | 2 | 1 | 0 |" in md
     assert "| net_c | (model) | all methods together: RuntimeError: boom; methods run one by one |" in md
@@ -338,3 +359,8 @@ def test_committed_sweep_csv():
         assert f"{len(rows)} models of {len(names)} (partial)" in summary
     with path.open(newline="") as f:
         assert [r["name"] for r in csv.DictReader(f)] == sorted(have)
+    readme = (SUPPORT.parent / "README.md").read_text()
+    block = readme.split("<!-- sweep:begin -->\n", 1)[1].split("<!-- sweep:end -->", 1)[0]
+    assert block.strip() == readme_excerpt(summary).strip(), (
+        "README.md's sweep numbers differ from support/summary.md: run scripts/update_readme.py"
+    )

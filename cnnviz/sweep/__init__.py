@@ -97,7 +97,8 @@ def run_sweep(
     from .probe import columns, versions
 
     limits = limits or Limits()
-    names = names if names is not None else select_names(pattern, families_smoke)
+    explicit = names is not None
+    names = names if explicit else select_names(pattern, families_smoke)
     out = Path(out)
     cols = columns()
     t0 = time.monotonic()
@@ -105,18 +106,26 @@ def run_sweep(
     wall = time.monotonic() - t0
     total = finish(out, cols)
     meta_path = out.with_suffix(".meta.json")
+    this_pattern = None if explicit else pattern or "*"
     before = load_meta(meta_path) if written < total else {}
     meta = {
         **versions(),
-        # What the CSV covers: a resumed run keeps the first run's pattern; each run names its own.
-        "pattern": before.get("pattern") or pattern or "*",
-        "families_smoke": families_smoke,
-        "jobs": limits.jobs,
+        # What the CSV covers: a resumed run keeps the first run's pattern (None: an explicit
+        # list of names); each run records its own.
+        "pattern": before.get("pattern", this_pattern),
+        "families_smoke": before.get("families_smoke", families_smoke),
+        "jobs": before.get("jobs") or limits.jobs,
         # Wall time over every run that filled this CSV (a resumed sweep adds its runs up).
         "wall_s": round(float(before.get("wall_s") or 0.0) + wall, 1),
         "runs": [
             *before.get("runs", []),
-            {"date": datetime.date.today().isoformat(), "models": written, "pattern": pattern or "*"},
+            {
+                "date": datetime.date.today().isoformat(),
+                "models": written,
+                "pattern": this_pattern,
+                "jobs": limits.jobs,
+                "wall_s": round(wall, 1),
+            },
         ],
     }
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
@@ -127,6 +136,10 @@ def run_sweep(
         else:
             default = out.resolve() == DEFAULT_CSV.resolve()
             md = out.parent / "summary.md" if default else out.with_suffix(".md")
-        missing = set(names) - {r["name"] for r in read_rows(out)}
+        # Partial against what the CSV covers (its first run's selection), not just this run's.
+        scope = set(names)
+        if meta["pattern"]:
+            scope |= set(select_names(meta["pattern"], meta["families_smoke"]))
+        missing = scope - {r["name"] for r in read_rows(out)}
         write_summary(out, md, expected=total + len(missing) if missing else None, meta=meta)
     return SweepResult(out, md, len(names), written, total, wall)

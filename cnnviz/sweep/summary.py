@@ -96,7 +96,14 @@ def summarize(csv_path: str | os.PathLike, expected: int | None = None, meta: di
         f"(timm {meta.get('timm', '?')}, torch {meta.get('torch', '?')}, cnnviz {meta.get('cnnviz', '?')})."
     )
     if meta.get("wall_s") is not None:
-        lines.append(f"Wall time {float(meta['wall_s']) / 60:.1f} min with --jobs {meta.get('jobs', '?')}.")
+        runs = meta.get("runs") or []
+        jobs = sorted(
+            {str(r.get("jobs", meta.get("jobs", "?"))) for r in runs} or {str(meta.get("jobs", "?"))}
+        )
+        over = f" over {len(runs)} resumed runs" if len(runs) > 1 else ""
+        lines.append(
+            f"Wall time {float(meta['wall_s']) / 60:.1f} min{over}, with --jobs {' or '.join(jobs)}."
+        )
     cpu = sum(float(r["t_total"] or 0) for r in rows)
     lines += [f"Sum of per-model times: {cpu / 60:.1f} min.", ""]
     lines += _outcome(rows, ids)
@@ -118,6 +125,14 @@ def _outcome(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
     if "grad_cam" in ids:
         ok = sum(r["grad_cam"] == "ok" for r in classifiers)
         lines.append(f"- Grad-CAM ok on {ok} of the {len(classifiers)} models that have a classifier.")
+        blank = [r["name"] for r in classifiers if r["grad_cam_note"].startswith("blank map")]
+        if blank:
+            lines.append(
+                f"- Of those, Grad-CAM was blank, with the reason stated, on {len(blank)} "
+                f"({', '.join(blank)}): for the top class of the random weights the weighted map "
+                "is negative at every position, so Grad-CAM's ReLU leaves nothing (the method as "
+                "defined, not a failure)."
+            )
     if "cam" in ids:
         cam_ok = [r for r in rows if r["cam"] == "ok"]
         errs = [float(r["cam_err"]) for r in cam_ok if r.get("cam_err")]
@@ -150,6 +165,32 @@ def _facts(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
             "exact in float32."
         )
     return [*lines, ""]
+
+
+README_SECTIONS = ("## Outcome", "## Methods", "## Layouts of the final map", "## Head kinds")
+
+
+def readme_excerpt(summary_md: str) -> str:
+    """The part of a summary that README.md shows between its ``sweep:begin/end`` markers."""
+    chunks = summary_md.split("\n## ")  # [title and header lines, "Outcome\n...", "Methods\n...", ...]
+    header = chunks[0].split("\n", 1)[1].strip()  # without the title
+    sections = {}
+    for chunk in chunks[1:]:
+        title, _, text = chunk.partition("\n")
+        sections[f"## {title}"] = text.strip()
+    parts = ["### Measured", "", header, ""]
+    for name in README_SECTIONS:
+        text = sections.get(name, "")
+        if name == "## Methods":  # the table only; the refusal reasons stay in the summary
+            text = text.split("\n\n", 1)[0]
+        if name not in ("## Outcome", "## Methods"):
+            parts += [name.removeprefix("## ") + ":", ""]
+        parts += [text, ""]
+    parts.append(
+        "Per-family counts, every refusal reason and every failure: [`support/summary.md`]"
+        "(support/summary.md); one row per model: [`support/sweep.csv`](support/sweep.csv)."
+    )
+    return "\n".join(parts)
 
 
 def load_meta(path: str | os.PathLike) -> dict:
