@@ -187,19 +187,13 @@ def test_explain_layer_typo_gets_close_matches(capsys, tmp_path):
     assert "'layer3'" in one_error_line(err)
 
 
+def _explain_argv(image: str, model: str, out) -> list[str]:
+    return ["explain", str(EXAMPLES / image), "--model", model, "--weights", "random", "--out", str(out)]
+
+
 def test_refused_method_is_reported_not_fatal(capsys, tmp_path):
     # MobileNetV3's head is pool -> conv -> hardswish -> linear: CAM does not apply.
-    image = str(EXAMPLES / "coffee.jpg")
-    argv = [
-        "explain",
-        image,
-        "--model",
-        "mobilenetv3_small_050",
-        "--weights",
-        "random",
-        "--out",
-        str(tmp_path),
-    ]
+    argv = _explain_argv("coffee.jpg", "mobilenetv3_small_050", tmp_path)
     code, _, err = run(capsys, *argv, "--methods", "cam,grad_cam", "--quiet")
     assert code == 0, err
     assert "cam does not apply" in err
@@ -211,17 +205,7 @@ def test_refused_method_is_reported_not_fatal(capsys, tmp_path):
 
 
 def test_all_methods_refused_is_exit_2_with_the_reason(capsys, tmp_path):
-    image = str(EXAMPLES / "coffee.jpg")
-    argv = [
-        "explain",
-        image,
-        "--model",
-        "mobilenetv3_small_050",
-        "--weights",
-        "random",
-        "--out",
-        str(tmp_path),
-    ]
+    argv = _explain_argv("coffee.jpg", "mobilenetv3_small_050", tmp_path)
     code, _, err = run(capsys, *argv, "--methods", "cam", "--quiet")
     assert code == 2
     assert "cam does not apply" in err and "none of the requested methods" in err
