@@ -170,13 +170,14 @@ class _FrozenBatchNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, fn, scale):
-        ctx.scale = scale.reshape(-1, *([1] * (x.dim() - 2)))
-        return fn(x)
+    def forward(ctx, x, run, scale):
+        # `run` computes the batch norm itself (torch's kernel, so the output is bit-identical).
+        ctx.scale = scale.to(x.dtype).reshape(-1, *([1] * (x.dim() - 2)))
+        return run()
 
     @staticmethod
     def backward(ctx, grad_out):
-        return grad_out * ctx.scale.to(grad_out.dtype), None, None
+        return grad_out * ctx.scale, None, None
 
 
 _BATCH_NORM_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
@@ -194,7 +195,7 @@ def _frozen_batch_norm(func, args, kwargs) -> torch.Tensor | None:
     scale = torch.rsqrt(var.detach().float() + bound.get("eps", 1e-5))
     if weight is not None:
         scale = scale * weight.detach().float()
-    return _FrozenBatchNorm.apply(x, lambda t: func(*args, **kwargs), scale)
+    return _FrozenBatchNorm.apply(x, lambda: func(*args, **kwargs), scale)
 
 
 class ActivationRules(TorchFunctionMode):

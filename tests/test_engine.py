@@ -405,17 +405,26 @@ def test_fused_local_backward_equals_autograds(kind, bound):
     assert torch.allclose(_local_backward(kind, bound)(g, saved), expected, atol=1e-12)
 
 
-def test_frozen_batch_norm_gradient_equals_autograds():
+@pytest.mark.parametrize(
+    ("bn", "shape"),
+    [
+        (nn.BatchNorm2d(5), (2, 5, 4, 3)),
+        (nn.BatchNorm1d(5), (2, 5)),
+        (nn.BatchNorm2d(5, affine=False), (1, 5, 2, 2)),
+    ],
+)
+def test_frozen_batch_norm_gradient_equals_autograds(bn, shape):
     from cnnviz.capture import ActivationRules
 
-    bn = torch.nn.BatchNorm2d(5).double().eval()
+    bn = bn.double().eval()
     with torch.no_grad():
         bn.running_mean.uniform_(-1, 1)
         bn.running_var.uniform_(0.5, 2)
-        bn.weight.uniform_(-2, 2)
-        bn.bias.uniform_(-1, 1)
-    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+        if bn.affine:
+            bn.weight.uniform_(-2, 2)
+            bn.bias.uniform_(-1, 1)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(*shape, dtype=torch.float64)
     with ActivationRules(switchable=True):
         y = bn(x)
     (got,) = torch.autograd.grad(y, x, g)
