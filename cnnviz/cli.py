@@ -220,7 +220,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             limits=limits,
             summary=args.summary or "auto",
             on_row=on_row,
-            pattern=args.pattern,
+            pattern=args.pattern or "*",  # recorded in the meta: what the CSV covers
             families_smoke=args.families_smoke,
             retry_failed=args.retry_failed,
         )

@@ -324,6 +324,8 @@ def test_sweep_command_end_to_end(tmp_path, capsys):
     assert rows["mobilenetv3_small_050"]["cam"] == "refused"  # pool -> conv -> hardswish -> linear
     summary = (tmp_path / "s.md").read_text()
     assert "2 models" in summary and "No failures." in summary
+    meta = json.loads((tmp_path / "s.meta.json").read_text())
+    assert meta["pattern"] == meta["runs"][0]["pattern"] == "resnet10t,mobilenetv3_small_050"
 
 
 @pytest.mark.slow

@@ -106,7 +106,7 @@ def run_sweep(
     wall = time.monotonic() - t0
     total = finish(out, cols)
     meta_path = out.with_suffix(".meta.json")
-    this_pattern = None if explicit else pattern or "*"
+    this_pattern = pattern or (None if explicit else "*")
     before = load_meta(meta_path) if written < total else {}
     meta = {
         **versions(),

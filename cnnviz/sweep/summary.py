@@ -135,8 +135,14 @@ def _outcome(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
             )
     if "cam" in ids:
         cam_ok = [r for r in rows if r["cam"] == "ok"]
-        errs = [float(r["cam_err"]) for r in cam_ok if r.get("cam_err")]
-        worst = f"; largest relative error {max(errs):.1e}" if errs else ""
+        worst = []
+        for dtype in ("float32", "bfloat16"):
+            errs = [
+                float(r["cam_err"]) for r in cam_ok if r.get("cam_err") and r.get("dtype", "float32") == dtype
+            ]
+            if errs:
+                worst.append(f"{max(errs):.1e} in {dtype}")
+        worst = f"; largest relative error {', '.join(worst)}" if worst else ""
         refused = sum(r["cam"] == "refused" for r in rows)
         lines.append(
             f"- CAM ok on {len(cam_ok)} models, each checked against `mean(CAM) + offset == logit`"
