@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .capture import ActivationRules, all_modules, capture_outputs, model_guard
+from .capture import ActivationRules, Members, capture_outputs, members, model_guard
 from .head import HeadFold, analyze_head, describe_head
 from .types import Anatomy
 
@@ -141,18 +141,11 @@ _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Inspection]] = weakref
 _LOCK = threading.Lock()
 
 
-def _fingerprint(modules: list[nn.Module]) -> tuple:
+def _fingerprint(found: Members) -> tuple:
     """Changes when a parameter or buffer is replaced or modified in place (load_state_dict, an
     optimizer step, a new head); cheap enough to compute on every `explain`."""
-    return tuple(
-        [
-            (id(t), t._version)
-            for m in modules
-            for d in (m._parameters, m._buffers)
-            for t in d.values()
-            if t is not None
-        ]
-    )
+    tensors = found.params + found.buffers
+    return tuple(map(id, tensors)), tuple([t._version for t in tensors])
 
 
 def inspect(model: nn.Module) -> Anatomy:
@@ -164,18 +157,18 @@ def inspect(model: nn.Module) -> Anatomy:
     return inspection(model).anatomy
 
 
-def inspection(model: nn.Module, modules: list[nn.Module] | None = None) -> Inspection:
+def inspection(model: nn.Module, found: Members | None = None) -> Inspection:
     """`inspect` with the engine's extras; cached per model until its weights change.
 
-    ``modules``: ``all_modules(model)`` when the caller has it already.
+    ``found``: ``members(model)`` when the caller has it already.
     """
-    modules = all_modules(model) if modules is None else modules
-    fp = _fingerprint(modules)
+    found = members(model) if found is None else found
+    fp = _fingerprint(found)
     with _LOCK:
         hit = _CACHE.get(model)
     if hit is not None and hit[0] == fp:
         return hit[1]
-    with model_guard(model, modules):
+    with model_guard(model, found):
         result = _inspect(model)
     with _LOCK:
         _CACHE[model] = (fp, result)

@@ -15,6 +15,7 @@ Three scoped tools live here:
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -255,34 +256,46 @@ def has_rectifiers(kinds: set[str] | tuple[str, ...]) -> bool:
     return any(k in _RECTIFIERS for k in kinds)
 
 
-def all_modules(model: nn.Module) -> list[nn.Module]:
-    """The model and every submodule once, like ``list(model.modules())`` but in linear time.
+@dataclass(frozen=True)
+class Members:
+    """The model's modules, parameters and buffers, gathered once per `explain` call."""
+
+    modules: list[nn.Module]
+    params: list[nn.Parameter]
+    buffers: list[torch.Tensor]
+
+
+def members(model: nn.Module) -> Members:
+    """Every module once (like ``model.modules()``), with its parameters and buffers, in linear time.
 
     `nn.Module.modules` yields through one generator per level of nesting, which costs about
     a millisecond per call on a 300-module network: too much for something `explain` does on
-    every call.
+    every call (the state guard and the anatomy cache's fingerprint both need the list).
     """
     seen = {id(model)}
-    out = [model]
+    modules = [model]
     i = 0
-    while i < len(out):
-        for child in out[i]._modules.values():
+    while i < len(modules):
+        for child in modules[i]._modules.values():
             if child is not None and id(child) not in seen:
                 seen.add(id(child))
-                out.append(child)
+                modules.append(child)
         i += 1
-    return out
+    params = [p for m in modules for p in m._parameters.values() if p is not None]
+    buffers = [b for m in modules for b in m._buffers.values() if b is not None]
+    return Members(modules, params, buffers)
 
 
 @contextmanager
-def model_guard(model: nn.Module, modules: list[nn.Module] | None = None) -> Iterator[None]:
+def model_guard(model: nn.Module, found: Members | None = None) -> Iterator[None]:
     """Eval mode for one call; training flags and parameter gradients as they were afterwards.
 
-    ``modules``: ``all_modules(model)`` when the caller has it already.
+    ``found``: ``members(model)`` when the caller has it already. The exit compares whole lists
+    first and restores only what changed (this runs on every `explain`).
     """
-    modules = all_modules(model) if modules is None else modules
+    found = members(model) if found is None else found
+    modules, params = found.modules, found.params
     flags = [m.training for m in modules]
-    params = [p for m in modules for p in m._parameters.values() if p is not None]
     grads = [p.grad for p in params]
     requires = [p.requires_grad for p in params]
     if any(flags):
@@ -290,14 +303,16 @@ def model_guard(model: nn.Module, modules: list[nn.Module] | None = None) -> Ite
     try:
         yield
     finally:
-        for m, t in zip(modules, flags, strict=True):
-            if m.training != t:
+        if [m.training for m in modules] != flags:
+            for m, t in zip(modules, flags, strict=True):
                 m.training = t
-        for p, g, r in zip(params, grads, requires, strict=True):
-            if p.grad is not g:
+        if any(map(operator.is_not, [p.grad for p in params], grads)):
+            for p, g in zip(params, grads, strict=True):
                 p.grad = g
-            if p.requires_grad != r:
-                p.requires_grad_(r)
+        if [p.requires_grad for p in params] != requires:
+            for p, r in zip(params, requires, strict=True):
+                if p.requires_grad != r:
+                    p.requires_grad_(r)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .anatomy import FINAL, Inspection, MapSpec, infer_spec, inspection, param_like
-from .capture import ActivationRules, Passes, all_modules, capture_outputs, describe_rules, model_guard
+from .capture import ActivationRules, Members, Passes, capture_outputs, describe_rules, members, model_guard
 from .methods import Method, resolve_methods
 from .types import Attribution, Explanation
 
@@ -45,8 +45,8 @@ def explain(
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a preprocessed batch of shape (B, 3, H, W); got {shape}")
-    modules = all_modules(model)
-    insp = inspection(model, modules)
+    found = members(model)
+    insp = inspection(model, found)
     anatomy = insp.anatomy
     layer_name = _resolve_layer(model, insp, layer)
     layer_is_final = layer_name == FINAL
@@ -61,7 +61,7 @@ def explain(
         else:
             refused[method.id] = reason
     needs = frozenset().union(*(m.needs for m in run)) if run else frozenset()
-    passes = _run_passes(model, modules, x, needs, target, layer_name, insp)
+    passes = _run_passes(model, found, x, needs, target, layer_name, insp)
     hw = (int(x.shape[-2]), int(x.shape[-1]))
     attributions: dict[str, Attribution] = {}
     for method in run:
@@ -150,7 +150,7 @@ class _Plan:
 
 def _run_passes(
     model: nn.Module,
-    modules: list[nn.Module],
+    found: Members,
     x: torch.Tensor,
     needs: frozenset[str],
     target: TargetArg,
@@ -159,7 +159,7 @@ def _run_passes(
 ) -> Passes:
     plan = _Plan.of(needs)
     hw = (int(x.shape[-2]), int(x.shape[-1]))
-    with model_guard(model, modules), torch.inference_mode(False):
+    with model_guard(model, found), torch.inference_mode(False):
         xin = x.detach().to(*param_like(model)).clone().requires_grad_(bool(plan.rules))
         mode = ActivationRules(switchable=True) if plan.switchable else nullcontext()
         feats, logits, cap = _forward(model, xin, plan, layer, mode)
