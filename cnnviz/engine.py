@@ -160,7 +160,9 @@ def _run_passes(
     plan = _Plan.of(needs)
     hw = (int(x.shape[-2]), int(x.shape[-1]))
     with model_guard(model, found), torch.inference_mode(False):
-        xin = x.detach().to(*param_like(model)).clone().requires_grad_(bool(plan.rules))
+        xin = x.detach().to(*param_like(model))
+        if plan.rules:  # a leaf of our own, so that the caller's tensor never requires grad
+            xin = xin.clone().requires_grad_(True)
         mode = ActivationRules(switchable=True) if plan.switchable else nullcontext()
         feats, logits, cap = _forward(model, xin, plan, layer, mode)
         targets = _resolve_targets(target, logits.detach())

@@ -331,8 +331,16 @@ def test_works_under_callers_no_grad_and_inference_mode(context):
     expected = cnnviz.explain(model, x, list(ALL))
     with context():
         got = cnnviz.explain(model, x, list(ALL))
+        made_inside = x.clone()  # an inference tensor under inference_mode
     for k in ALL:
         assert torch.allclose(got[k].raw, expected[k].raw)
+    cases = [(["cam"], None), (["grad_cam"], None), (["grad_cam"], "layer3"), (list(ALL), None)]
+    for methods, layer in cases:
+        with context():
+            alone = cnnviz.explain(model, made_inside, methods, layer=layer)
+        reference = cnnviz.explain(model, x, methods, layer=layer)
+        for k in methods:
+            assert torch.allclose(alone[k].raw, reference[k].raw), (k, layer)
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_vit", "test_convnext"])
