@@ -15,7 +15,6 @@ Three scoped tools live here:
 
 from __future__ import annotations
 
-import operator
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -288,31 +287,26 @@ def members(model: nn.Module) -> Members:
 
 @contextmanager
 def model_guard(model: nn.Module, found: Members | None = None) -> Iterator[None]:
-    """Eval mode for one call; training flags and parameter gradients as they were afterwards.
+    """Eval mode for one call; every module's training flag as it was afterwards.
 
-    ``found``: ``members(model)`` when the caller has it already. The exit compares whole lists
-    first and restores only what changed (this runs on every `explain`).
+    The engine itself never touches parameters' ``.grad`` or ``requires_grad``: its backward
+    passes are ``torch.autograd.grad`` calls with explicit inputs (leaves of its own), which
+    leave ``.grad`` alone (tests check both after success and after failure). So only the
+    training flags need restoring, and only when this guard changed them.
+
+    ``found``: ``members(model)`` when the caller has it already.
     """
-    found = members(model) if found is None else found
-    modules, params = found.modules, found.params
+    modules = (members(model) if found is None else found).modules
     flags = [m.training for m in modules]
-    grads = [p.grad for p in params]
-    requires = [p.requires_grad for p in params]
-    if any(flags):
+    changed = any(flags)
+    if changed:
         model.eval()
     try:
         yield
     finally:
-        if [m.training for m in modules] != flags:
+        if changed:
             for m, t in zip(modules, flags, strict=True):
                 m.training = t
-        if any(map(operator.is_not, [p.grad for p in params], grads)):
-            for p, g in zip(params, grads, strict=True):
-                p.grad = g
-        if [p.requires_grad for p in params] != requires:
-            for p, r in zip(params, requires, strict=True):
-                if p.requires_grad != r:
-                    p.requires_grad_(r)
 
 
 @dataclass
