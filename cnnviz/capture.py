@@ -16,6 +16,7 @@ Three scoped tools live here:
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -161,41 +162,68 @@ class _SwitchableActivation(torch.autograd.Function):
         return grad_in, *none
 
 
-class _FrozenBatchNorm(torch.autograd.Function):
-    """Batch normalization with running statistics: ``y = x * scale_c + shift_c``.
-
-    In eval mode it is a fixed affine map per channel, so its input gradient is one multiply
-    (autograd's batch-norm backward also works out the statistics' terms, several times the
-    cost). No gradient reaches the running statistics or the affine parameters.
-    """
-
-    @staticmethod
-    def forward(ctx, x, run, scale):
-        # `run` computes the batch norm itself (torch's kernel, so the output is bit-identical).
-        ctx.scale = scale.to(x.dtype).reshape(-1, *([1] * (x.dim() - 2)))
-        return run()
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        return grad_out * ctx.scale, None, None
-
-
 _BATCH_NORM_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
 
+# id(running_var) -> (weak reference to it, what alpha and beta came from, alpha, beta); an entry
+# goes when its tensor does. Keyed by identity: tensors compare by value.
+_AFFINE_CACHE: dict[int, tuple] = {}
 
-def _frozen_batch_norm(func, args, kwargs) -> torch.Tensor | None:
-    """`F.batch_norm` through `_FrozenBatchNorm` when it uses running statistics (else None)."""
-    bound = dict(zip(_BATCH_NORM_ARGS, args, strict=False)) | kwargs
-    x, mean, var = bound.get("input"), bound.get("running_mean"), bound.get("running_var")
-    if bound.get("training", False) or mean is None or var is None or not isinstance(x, torch.Tensor):
+
+def _forget(key: int) -> Callable[[weakref.ref], None]:
+    return lambda _ref: _AFFINE_CACHE.pop(key, None)
+
+
+def _frozen_affine(mean, var, weight, bias, eps: float, like: torch.Tensor):
+    """Per-channel ``(alpha, beta)`` of an eval-mode batch norm, shaped to broadcast over `like`."""
+    made_from = (
+        *((id(t), t._version) if t is not None else None for t in (mean, var, weight, bias)),
+        eps,
+        like.dtype,
+        like.device,
+        like.dim(),
+    )
+    hit = _AFFINE_CACHE.get(id(var))
+    if hit is not None and hit[0]() is var and hit[1] == made_from:
+        return hit[2], hit[3]
+    acc = torch.promote_types(var.dtype, torch.float32)  # float32 at least, float64 stays
+    with torch.no_grad():
+        alpha = torch.rsqrt(var.to(acc) + eps)
+        if weight is not None:
+            alpha = alpha * weight.to(acc)
+        beta = -mean.to(acc) * alpha
+        if bias is not None:
+            beta = beta + bias.to(acc)
+        shape = (-1, *([1] * (like.dim() - 2)))
+        alpha = alpha.to(like.dtype).reshape(shape)
+        beta = beta.to(like.dtype).reshape(shape)
+    _AFFINE_CACHE[id(var)] = (weakref.ref(var, _forget(id(var))), made_from, alpha, beta)
+    return alpha, beta
+
+
+def _frozen_batch_norm(args, kwargs) -> torch.Tensor | None:
+    """`F.batch_norm` with running statistics as ``x * alpha_c + beta_c`` (else None).
+
+    In eval mode batch normalization is a fixed affine map per channel; torch's CPU kernel
+    computes it in just this form (``alpha = weight / sqrt(var + eps)``, ``beta = bias -
+    mean * alpha``). As one ``addcmul`` its input gradient is a single multiply in autograd's
+    C++ engine, where autograd's batch-norm backward also works out the statistics' terms at
+    several times the cost. No gradient reaches the statistics or the affine parameters: the
+    passes this serves only ask for gradients of the input and of intermediate maps.
+    ``(alpha, beta)`` are cached per module until one of its tensors changes.
+    """
+    if len(args) == 8 and not kwargs:  # how torch and timm call it
+        x, mean, var, weight, bias, training, _, eps = args
+    else:
+        bound = dict(zip(_BATCH_NORM_ARGS, args, strict=False)) | kwargs
+        x, mean, var = bound.get("input"), bound.get("running_mean"), bound.get("running_var")
+        weight, bias = bound.get("weight"), bound.get("bias")
+        training, eps = bound.get("training", False), bound.get("eps", 1e-5)
+    if training or mean is None or var is None or not isinstance(x, torch.Tensor) or x.dim() < 2:
         return None
-    if x.dim() < 2 or not (torch.is_grad_enabled() and x.requires_grad):
+    if not (torch.is_grad_enabled() and x.requires_grad):
         return None
-    weight = bound.get("weight")
-    scale = torch.rsqrt(var.detach().float() + bound.get("eps", 1e-5))
-    if weight is not None:
-        scale = scale * weight.detach().float()
-    return _FrozenBatchNorm.apply(x, lambda: func(*args, **kwargs), scale)
+    alpha, beta = _frozen_affine(mean, var, weight, bias, eps, x)
+    return torch.addcmul(beta, x, alpha)
 
 
 class ActivationRules(TorchFunctionMode):
@@ -204,8 +232,7 @@ class ActivationRules(TorchFunctionMode):
     Use as a context manager around one forward pass, then set ``.rule`` before each backward.
     In-place activations are computed out of place so that autograd can keep their input.
     Switchable mode also gives batch normalization with running statistics its one-multiply
-    input gradient (`_FrozenBatchNorm`): the backward passes it serves only ask for gradients
-    of the input and of intermediate maps.
+    input gradient (`_frozen_batch_norm`).
     """
 
     def __init__(self, switchable: bool = False) -> None:
@@ -229,7 +256,7 @@ class ActivationRules(TorchFunctionMode):
         kind = _TABLE.get(func)
         if kind is None:
             if func is F.batch_norm and self.switchable:
-                out = _frozen_batch_norm(func, args, kwargs)
+                out = _frozen_batch_norm(args, kwargs)
                 if out is not None:
                     return out
             return func(*args, **kwargs)
