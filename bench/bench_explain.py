@@ -2,7 +2,10 @@
 
 Every figure is a ratio to the median time of ``model(x)`` under ``torch.inference_mode()``
 measured in the same run, on the same machine, interleaved round by round, so that the
-noise of a shared machine cancels as far as it can.
+noise of a shared machine cancels as far as it can. Each model is measured in a fresh process
+(the allocator state that a large model leaves behind slowed the next model's gradient passes by
+up to 5%). The "autograd" row is the floor any implementation pays: one forward with autograd
+and three plain input-gradient backward passes.
 
     .venv/bin/python bench/bench_explain.py                     # resnet50, convnext_tiny, efficientnet_b0
     .venv/bin/python bench/bench_explain.py --models resnet50 --rounds 7 --markdown
@@ -13,7 +16,9 @@ Targets (issue #2): cam <= 1.05x, grad_cam <= 1.1x, all six seed methods in one 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -130,6 +135,13 @@ def bench_model(name: str, rounds: int, size: int) -> dict[str, float]:
     return {"base_ms": base * 1e3, **{k: statistics.median(v) / base for k, v in times.items()}}
 
 
+def _in_fresh_process(model: str, args: argparse.Namespace) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--models", model, "--rounds", str(args.rounds), "--json"]
+    cmd += ["--size", str(args.size), "--threads", str(args.threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])[model]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -139,11 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure every model in this process (default: a fresh process per model, so that "
+        "one model's allocator state, left by the models before it, does not skew the next)",
+    )
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one model's results
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    results = {m: bench_model(m, args.rounds, args.size) for m in args.models.split(",")}
+    models = args.models.split(",")
+    if args.in_process or len(models) == 1:
+        results = {m: bench_model(m, args.rounds, args.size) for m in models}
+    else:
+        results = {m: _in_fresh_process(m, args) for m in models}
+    if args.json:
+        print(json.dumps(results))
+        return 0
     rows = [k for k in next(iter(results.values())) if k != "base_ms"]
     names = list(results)
     if args.markdown:
