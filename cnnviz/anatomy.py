@@ -186,6 +186,48 @@ def _stage_names(model: nn.Module) -> list[str]:
     return names
 
 
+def _feature_info(model: nn.Module) -> list[tuple[int, float]]:
+    """(channels, reduction) of each stage timm declares in ``feature_info``."""
+    info = getattr(model, "feature_info", None)
+    out = []
+    for entry in info if isinstance(info, list | tuple) else []:
+        if isinstance(entry, dict):
+            chs, red = entry.get("num_chs"), entry.get("reduction")
+            if isinstance(chs, int) and isinstance(red, int | float) and red > 0:
+                out.append((chs, float(red)))
+    return out
+
+
+def _matches(shape: tuple[int, ...], hw_in: tuple[int, int], chs: int, reduction: float) -> bool:
+    c, h, w = shape  # a side within one of input / reduction: valid convolutions lose an edge row
+    return c == chs and abs(h - hw_in[0] / reduction) <= 1 and abs(w - hw_in[1] / reduction) <= 1
+
+
+def _stages_by_shape(
+    model: nn.Module, x: torch.Tensor, hw_in: tuple[int, int], wanted: list[tuple[int, float]]
+) -> list[tuple[str, tuple[int, int, int]]]:
+    """Stages that timm declares but whose named module gives no single map (it returns a list
+    or a tuple, as in HRNet, PiT, TNT, CrossViT, or the name is not a module): for each, the last
+    module to finish, on a probe, whose output has the stage's channels and resolution."""
+    projections = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    last: dict[tuple[int, float], tuple[str, tuple[int, int, int]]] = {}
+
+    def keep(name: str, out: torch.Tensor) -> bool:  # records, keeps nothing
+        if name in projections or out.shape[0] != x.shape[0]:
+            return False
+        spec = infer_spec(out, hw_in, model)
+        if spec is not None:
+            shape = tuple(int(v) for v in spec.to_canonical(out).shape[1:])
+            for w in wanted:
+                if _matches(shape, hw_in, *w):
+                    last[w] = (name, shape)  # type: ignore[assignment]
+        return False
+
+    with torch.no_grad(), capture_outputs(model, None, keep):
+        model.forward_head(model.forward_features(x))
+    return [last[w] for w in wanted if w in last]
+
+
 def param_like(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Device and floating dtype of the model's parameters (CPU float32 when it has none)."""
     for p in model.parameters():
@@ -265,6 +307,15 @@ def _inspect(model: nn.Module) -> Inspection:
         if s is not None:
             stage_names.append(name)
             stage_shapes.append(tuple(int(v) for v in s.to_canonical(out).shape[1:]))
+    missing = [w for w in _feature_info(model) if not any(_matches(sh, hw_in, *w) for sh in stage_shapes)]
+    if missing:
+        for name, shape in _stages_by_shape(model, x, hw_in, missing):
+            if name not in stage_names:
+                stage_names.append(name)
+                stage_shapes.append(shape)
+        order = sorted(range(len(stage_names)), key=lambda i: hw_in[0] / stage_shapes[i][1])
+        stage_names = [stage_names[i] for i in order]
+        stage_shapes = [stage_shapes[i] for i in order]
     anatomy = Anatomy(
         architecture=str(arch),
         layout=spec.layout,  # type: ignore[arg-type]

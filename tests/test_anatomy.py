@@ -101,3 +101,22 @@ def test_headless_model_has_nothing_to_explain():
 def test_summary_is_readable():
     text = cnnviz.inspect(make_model("test_vit")).summary()
     assert "tokens" in text and "class-token" in text and "CAM          : not exact" in text
+
+
+@pytest.mark.parametrize("name", ["hrnet_w18_small", "pit_ti_224", "twins_svt_small"])
+def test_stages_whose_module_returns_no_single_map_are_found_by_shape(name):
+    # HRNet's and PiT's stages return lists or tuples, Twins' feature_info names no module:
+    # each declared stage is then the last module to produce its channels at its resolution.
+    model = make_model(name)
+    anatomy = cnnviz.inspect(model)
+    hw = anatomy.input_size[1:]
+    declared = [(e["num_chs"], e["reduction"]) for e in model.feature_info]
+    found = [s for s in anatomy.stages if s != anatomy.source]
+    assert len(found) >= len(set(declared)) - 1, anatomy.stages
+    for stage, (c, h, _) in zip(anatomy.stages, anatomy.stage_shapes, strict=True):
+        fits = any(c == chs and abs(h - hw[0] / red) <= 1 for chs, red in declared)
+        assert fits or stage == anatomy.source, (stage, c, h)
+    layer = found[len(found) // 2]
+    ex = cnnviz.explain(model, input_for(model, batch=1), ["grad_cam"], layer=layer)
+    assert ex["grad_cam"].layer == layer
+    assert tuple(ex["grad_cam"].raw.shape[1:]) == anatomy.stage_shapes[anatomy.stages.index(layer)][1:]
