@@ -142,10 +142,15 @@ _LOCK = threading.Lock()
 
 
 def _fingerprint(found: Members) -> tuple:
-    """Changes when a parameter or buffer is replaced or modified in place (load_state_dict, an
-    optimizer step, a new head); cheap enough to compute on every `explain`."""
+    """Changes when a parameter or buffer is replaced, modified in place or given new data
+    (load_state_dict, an optimizer step, a new head, ``p.data = ...``); cheap enough to compute
+    on every `explain`."""
     tensors = found.params + found.buffers
-    return tuple(map(id, tensors)), tuple([t._version for t in tensors])
+    return (
+        tuple(map(id, tensors)),
+        tuple([t._version for t in tensors]),
+        tuple([t.data_ptr() for t in tensors]),
+    )
 
 
 def inspect(model: nn.Module) -> Anatomy:

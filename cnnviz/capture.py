@@ -176,7 +176,7 @@ def _forget(key: int) -> Callable[[weakref.ref], None]:
 def _frozen_affine(mean, var, weight, bias, eps: float, like: torch.Tensor):
     """Per-channel ``(alpha, beta)`` of an eval-mode batch norm, shaped to broadcast over `like`."""
     made_from = (
-        *((id(t), t._version) if t is not None else None for t in (mean, var, weight, bias)),
+        *((id(t), t._version, t.data_ptr()) if t is not None else None for t in (mean, var, weight, bias)),
         eps,
         like.dtype,
         like.device,

@@ -82,7 +82,10 @@ def test_inspect_is_cached_until_the_weights_change():
     assert cnnviz.inspect(model) is first
     with torch.no_grad():
         model.fc.weight.mul_(2.0)
-    assert cnnviz.inspect(model) is not first
+    second = cnnviz.inspect(model)
+    assert second is not first
+    model.fc.weight.data = model.fc.weight.data * 3  # new data, same Parameter, same version
+    assert cnnviz.inspect(model) is not second
 
 
 def test_inspect_refuses_a_model_without_timms_contract():
