@@ -60,13 +60,17 @@ def grad_cam_signed(passes: Passes) -> torch.Tensor:
     return torch.einsum("bc,bchw->bhw", alpha, passes.map)
 
 
+BLANK = "sum_k alpha_k A^k is negative at every position"
+"""What a Grad-CAM note says of a sample whose map the ReLU left blank (the sweep looks for it)."""
+
+
 def blank_notes(passes: Passes, signed: torch.Tensor) -> list[str]:
     """Why Grad-CAM is blank, for each sample where it is: never a silent empty picture."""
     if not bool(passes.map_grad.abs().amax() > 0):
         return ["the gradient at this layer is zero everywhere: the map is blank"]
     peak = signed.amax((-2, -1))
     return [
-        f"sample {i}: sum_k alpha_k A^k is negative at every position (largest {float(peak[i]):.3g}): "
+        f"sample {i}: {BLANK} (largest {float(peak[i]):.3g}): "
         "no position at this layer adds evidence for the target, so the ReLU leaves a blank map; "
         "try another target or layer, or 'cam' for signed evidence where it applies"
         for i in range(signed.shape[0])

@@ -24,6 +24,7 @@ import timm
 import torch
 
 import cnnviz
+from cnnviz.methods.cam import BLANK
 
 from .build import Built, build, seed_for
 from .table import family_of, method_columns
@@ -209,7 +210,7 @@ def blank_reason(att: cnnviz.Attribution) -> str:
 
     That is the method working as defined, not a failure: the row stays 'ok' and says so.
     """
-    why = [n for n in att.notes if "negative at every position" in n]
+    why = [n for n in att.notes if BLANK in n]
     return f"blank map: {why[0]}" if why and not bool(att.raw.any()) else ""
 
 
