@@ -34,6 +34,10 @@ def one_error_line(err: str) -> str:
 # ---------------------------------------------------------------- help, choices, errors
 
 
+def _explain_argv(image: str, model: str, out) -> list[str]:
+    return ["explain", str(EXAMPLES / image), "--model", model, "--weights", "random", "--out", str(out)]
+
+
 def test_help_lists_commands(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
@@ -163,8 +167,7 @@ def test_explain_writes_overlays_maps_and_a_truthful_manifest(capsys, tmp_path):
 
 
 def test_explain_target_is_honoured(capsys, tmp_path):
-    image = str(EXAMPLES / "chelsea.jpg")
-    argv = ["explain", image, "--model", "resnet18", "--weights", "random", "--out", str(tmp_path)]
+    argv = _explain_argv("chelsea.jpg", "resnet18", tmp_path)
     code, _, err = run(capsys, *argv, "--methods", "grad_cam", "--target", "7", "--quiet")
     assert code == 0, err
     manifest = json.loads((tmp_path / "chelsea" / "manifest.json").read_text())
@@ -172,23 +175,17 @@ def test_explain_target_is_honoured(capsys, tmp_path):
 
 
 def test_explain_target_out_of_range_is_exit_2(capsys, tmp_path):
-    image = str(EXAMPLES / "chelsea.jpg")
-    argv = ["explain", image, "--model", "resnet18", "--weights", "random", "--out", str(tmp_path)]
+    argv = _explain_argv("chelsea.jpg", "resnet18", tmp_path)
     code, _, err = run(capsys, *argv, "--target", "5000", "--quiet")
     assert code == 2
     assert "5000" in one_error_line(err)
 
 
 def test_explain_layer_typo_gets_close_matches(capsys, tmp_path):
-    image = str(EXAMPLES / "chelsea.jpg")
-    argv = ["explain", image, "--model", "resnet18", "--weights", "random", "--out", str(tmp_path)]
+    argv = _explain_argv("chelsea.jpg", "resnet18", tmp_path)
     code, _, err = run(capsys, *argv, "--methods", "grad_cam", "--layer", "layer3x", "--quiet")
     assert code == 2
     assert "'layer3'" in one_error_line(err)
-
-
-def _explain_argv(image: str, model: str, out) -> list[str]:
-    return ["explain", str(EXAMPLES / image), "--model", model, "--weights", "random", "--out", str(out)]
 
 
 def test_refused_method_is_reported_not_fatal(capsys, tmp_path):
@@ -250,8 +247,7 @@ def test_models_without_pattern_lists_the_curated_zoo(capsys, monkeypatch):
 
 
 def test_layer_moves_grad_cam_and_refuses_cam(capsys, tmp_path):
-    image = str(EXAMPLES / "chelsea.jpg")
-    argv = ["explain", image, "--model", "resnet18", "--weights", "random", "--out", str(tmp_path)]
+    argv = _explain_argv("chelsea.jpg", "resnet18", tmp_path)
     code, _, err = run(capsys, *argv, "--methods", "cam,grad_cam", "--layer", "layer3", "--quiet")
     assert code == 0, err
     manifest = json.loads((tmp_path / "chelsea" / "manifest.json").read_text())
