@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -208,19 +209,32 @@ def _matches(shape: tuple[int, ...], hw_in: tuple[int, int], chs: int, reduction
     return c == chs and abs(h - hw_in[0] / reduction) <= 1 and abs(w - hw_in[1] / reduction) <= 1
 
 
+def _layer_spec(
+    model: nn.Module, x: torch.Tensor, hw_in: tuple[int, int]
+) -> Callable[[str, torch.Tensor], MapSpec | None]:
+    """``(name, output) -> MapSpec | None`` for a module's output on the probe `x`: a spatial map
+    at a norm, block or stage output, never inside a projection (q, k, v, qkv, proj, fc)."""
+    projections = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+    def spec_of(name: str, out: torch.Tensor) -> MapSpec | None:
+        if name in projections or out.shape[0] != x.shape[0]:
+            return None
+        return infer_spec(out, hw_in, model)
+
+    return spec_of
+
+
 def _stages_by_shape(
     model: nn.Module, x: torch.Tensor, hw_in: tuple[int, int], wanted: list[tuple[int, float]]
 ) -> list[tuple[str, tuple[int, int, int]]]:
     """Stages that timm declares but whose named module gives no single map (it returns a list
     or a tuple, as in HRNet, PiT, TNT, CrossViT, or the name is not a module): for each, the last
     module to finish, on a probe, whose output has the stage's channels and resolution."""
-    projections = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    spec_of = _layer_spec(model, x, hw_in)
     last: dict[tuple[int, float], tuple[str, tuple[int, int, int]]] = {}
 
     def keep(name: str, out: torch.Tensor) -> bool:  # records, keeps nothing
-        if name in projections or out.shape[0] != x.shape[0]:
-            return False
-        spec = infer_spec(out, hw_in, model)
+        spec = spec_of(name, out)
         if spec is not None:
             shape = tuple(int(v) for v in spec.to_canonical(out).shape[1:])
             for w in wanted:
@@ -369,15 +383,12 @@ def _search_gradient_layer(
 ) -> tuple[str, MapSpec, float, torch.Tensor] | None:
     specs: dict[str, MapSpec] = {}
 
-    projections = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    spec_of = _layer_spec(model, x, hw_in)
 
     def keep(name: str, out: torch.Tensor) -> bool:
-        # Tokens at a norm or block output, not inside a projection (q, k, v, qkv, proj).
-        if name in projections or out.shape[0] != x.shape[0]:
-            return False
         if width is not None and out.shape[-1] != width:
             return False
-        spec = infer_spec(out, hw_in, model)
+        spec = spec_of(name, out)
         if spec is not None:
             specs[name] = spec
         return spec is not None
