@@ -7,11 +7,11 @@
 torch.Size([1, 7, 7])
 """
 
-from .anatomy import AnatomyError, inspect
-from .engine import explain
+from .engine import AnatomyError, inspect
 from .methods import Method, get_method, list_methods
+from .methods.explain import explain
 from .types import Anatomy, Attribution, Explanation
-from .zoo import load_model as load_model
+from .zoo import load_model
 
 __version__ = "0.1.0"
 
@@ -26,4 +26,5 @@ __all__ = [
     "get_method",
     "inspect",
     "list_methods",
+    "load_model",
 ]

@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export GRADIO_ANALYTICS_ENABLED="${GRADIO_ANALYTICS_ENABLED:-False}"
 export MPLBACKEND="${MPLBACKEND:-Agg}"
 # One torch thread: the tests run small models, where a second thread gains little, and on a busy
-# machine torch's spinning threads made tests/test_engine.py 6-10x slower (16 s against 157 s).
+# machine torch's spinning threads made tests/engine/test_explain.py 6-10x slower (16 s against 157 s).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 # Lint first, but run the tests even when lint fails, so one run reports both.

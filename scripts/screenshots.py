@@ -22,8 +22,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from cnnviz import app_logic as core  # noqa: E402
-from cnnviz import ui  # noqa: E402
+from cnnviz.app import settings as core  # noqa: E402
+from cnnviz.app import ui  # noqa: E402
 from scripts.chromium import CHROMIUM_ARGS, free_port  # noqa: E402
 
 WAIT_MS = 600_000  # first runs may download weights

@@ -55,7 +55,7 @@ def make_model(name: str, seed: int = 0, **kwargs) -> nn.Module:
 
 
 def input_for(model: nn.Module, batch: int = 2, seed: int = 0, size: tuple[int, int] | None = None):
-    from cnnviz.anatomy import probe_input_size
+    from cnnviz.engine.layout import probe_input_size
 
     c, h, w = probe_input_size(model)
     h, w = size or (h, w)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..capture import Passes
+from ..engine.passes import Passes
 from ..types import Anatomy
 from .registry import register_method
 

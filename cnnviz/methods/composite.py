@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..capture import Passes
+from ..engine.passes import Passes
 from .cam import _grad_cam_check, blank_notes, grad_cam_signed
 from .registry import register_method
 

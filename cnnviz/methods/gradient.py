@@ -1,12 +1,13 @@
 """Gradient-family methods: signed (B, 3, H, W) images at the input's resolution.
 
 All three are ``d logit_c / d x`` computed through the same forward graph; they differ only
-in the backward rule of the rectifying activations (see `cnnviz.capture.ActivationRules`).
+in the backward rule of the rectifying activations (see `cnnviz.engine.rules.ActivationRules`).
 """
 
 from __future__ import annotations
 
-from ..capture import Passes, has_rectifiers
+from ..engine.passes import Passes
+from ..engine.rules import has_rectifiers
 from ..types import Anatomy
 from .registry import register_method
 

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import torch
 
-    from ..capture import Passes
+    from ..engine.passes import Passes
     from ..types import Anatomy
 
 Family = Literal["gradient", "cam"]
 
-# What a method can ask the shared passes for (see `cnnviz.capture.Passes`):
+# What a method can ask the shared passes for (see `cnnviz.engine.passes.Passes`):
 #   "map"          the feature map at the chosen layer, canonical (B, C, h, w)
 #   "map_grad"     d score / d map with the plain backward rule
 #   "grad:plain"   d score / d input with the plain backward rule

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import timm
 
-from .catalog import SUPPORT, smoke_models, write_catalog
+from .names import SUPPORT, smoke_models, write_catalog
 from .runner import Limits, finish, run
 from .summary import load_meta, summarize, write_summary
 from .table import read_rows

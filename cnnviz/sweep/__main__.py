@@ -1,4 +1,4 @@
-"""``python -m cnnviz.sweep``: the sweep (same options as ``cnnviz sweep``), plus two tools.
+"""``python -m cnnviz.sweep``: two tools of the sweep (the sweep itself is ``cnnviz sweep``).
 
 * ``--one NAME [--dtype bfloat16]``: probe one model in this process, print its row as JSON;
 * ``--write-catalog``: regenerate ``support/model_params.csv`` and ``support/smoke_models.txt``.
@@ -24,14 +24,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row, indent=2))
         return 0
     if args[:1] == ["--write-catalog"]:
-        from .catalog import PARAMS_CSV, SMOKE_TXT, write_catalog
+        from .names import PARAMS_CSV, SMOKE_TXT, write_catalog
 
         models, families = write_catalog()
         print(f"{models} models -> {PARAMS_CSV}; {families} families -> {SMOKE_TXT}")
         return 0
-    from ..cli import main as cli_main
-
-    return cli_main(["sweep", *args])
+    print(
+        "usage: python -m cnnviz.sweep --one NAME [--dtype bfloat16] | --write-catalog\n"
+        "the sweep itself: cnnviz sweep [PATTERN] (or python -m cnnviz sweep)",
+        file=sys.stderr,
+    )
+    return 2
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .catalog import param_count
+from .names import param_count
 from .table import RowWriter, family_of, read_rows, sort_file
 
 GIB = 2**30

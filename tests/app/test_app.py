@@ -21,9 +21,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import cnnviz
-from cnnviz import app_logic as core
-from cnnviz import app_results as results
 from cnnviz import render
+from cnnviz.app import results
+from cnnviz.app import settings as core
 
 gradio_client = pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.app
@@ -40,7 +40,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def client():
-    from cnnviz import ui
+    from cnnviz.app import ui
 
     demo = ui.build(SETTINGS)
     ui.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
@@ -197,7 +197,8 @@ def test_compare_rejects_too_many_models(client):
 
 
 def test_building_the_app_loads_no_model(monkeypatch):
-    from cnnviz import ui, zoo
+    from cnnviz import zoo
+    from cnnviz.app import ui
 
     def refuse(*args, **kwargs):
         raise AssertionError("start-up must not load a model")

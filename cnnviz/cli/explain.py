@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 import cnnviz
 from cnnviz import render, zoo
 
-from .cli_util import UsageError, fail, parse_methods
+from .util import UsageError, fail, load, parse_methods
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 RANDOM_WEIGHTS_NOTE = (
@@ -109,7 +109,6 @@ def _out_dirs(images: list[Path], out: Path) -> list[Path]:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from .cli import load
 
     methods = parse_methods(args.methods)
     images = expand_images(args.images)

@@ -28,7 +28,7 @@ import yaml
 from timm.models import get_pretrained_cfg
 
 _STR = "tag:yaml.org,2002:str"
-_DEFAULT_PATH = Path(__file__).resolve().parent.parent / "models.yaml"
+_DEFAULT_PATH = Path(__file__).resolve().parents[2] / "models.yaml"
 
 
 class ZooConfigError(ValueError):

@@ -1,6 +1,6 @@
 """The Gradio app's settings, model pool, choices, input parsing and text panels, free of Gradio.
 
-`cnnviz.ui` turns these functions into pages and events. Everything here raises `ValueError`
+`cnnviz.app.ui` turns these functions into pages and events. Everything here raises `ValueError`
 with a message a visitor can act on; the UI shows it as a `gr.Error`.
 """
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from cnnviz.types import Anatomy
     from cnnviz.zoo import Model
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = ROOT / "examples"
 SUPPORT_SUMMARY = ROOT / "support" / "summary.md"
 TOP1 = "top-1 (predicted class)"

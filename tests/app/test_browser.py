@@ -16,7 +16,7 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cnnviz import app_logic as core
+from cnnviz.app import settings as core
 from scripts.chromium import CHROMIUM_ARGS, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.app]
@@ -43,7 +43,7 @@ def ensure_chromium() -> None:
 
 @pytest.fixture(scope="module")
 def app_url():
-    from cnnviz import ui
+    from cnnviz.app import ui
 
     demo = ui.build(SETTINGS)
     ui.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)

@@ -12,8 +12,8 @@ from PIL import Image, ImageOps
 from timm.data import ImageNetInfo, create_transform
 from torchvision.transforms import functional as TF
 
-from cnnviz.labels import class_names
-from cnnviz.preprocess import BACKGROUND, Preprocessor, to_rgb
+from cnnviz.zoo.labels import class_names
+from cnnviz.zoo.preprocess import BACKGROUND, Preprocessor, to_rgb
 
 CFG = {
     "input_size": (3, 224, 224),

@@ -11,9 +11,9 @@ from PIL import Image
 
 import cnnviz
 from cnnviz.cli import main
-from cnnviz.cli_explain import RANDOM_WEIGHTS_NOTE, expand_images
+from cnnviz.cli.explain import RANDOM_WEIGHTS_NOTE, expand_images
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 METHOD_IDS = [m.id for m in cnnviz.list_methods()]
 
 

@@ -307,7 +307,7 @@ def test_model_left_untouched_after_success_and_failure(monkeypatch):
 
 
 def test_model_guard_restores_the_training_flags_it_changed():
-    from cnnviz.capture import model_guard
+    from cnnviz.engine.capture import model_guard
 
     model = make_model("test_resnet").train()
     model.layer1.eval()
@@ -412,7 +412,7 @@ def test_bfloat16_model_inspects_and_explains():
     ],
 )
 def test_fused_local_backward_equals_autograds(kind, bound):
-    from cnnviz.capture import _RECTIFIERS, _local_backward
+    from cnnviz.engine.rules import _RECTIFIERS, _local_backward
 
     pure = _RECTIFIERS[kind][0]
     x = torch.linspace(-7, 7, 28001, dtype=torch.float64)
@@ -434,7 +434,7 @@ def test_fused_local_backward_equals_autograds(kind, bound):
     ],
 )
 def test_frozen_batch_norm_gradient_equals_autograds(bn, shape):
-    from cnnviz.capture import ActivationRules
+    from cnnviz.engine.rules import ActivationRules
 
     bn = bn.double().eval()
     with torch.no_grad():

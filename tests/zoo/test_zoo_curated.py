@@ -8,8 +8,8 @@ import torch
 
 import cnnviz
 from cnnviz import zoo
-from cnnviz.labels import class_names
-from cnnviz.preprocess import Preprocessor
+from cnnviz.zoo.labels import class_names
+from cnnviz.zoo.preprocess import Preprocessor
 
 pytestmark = pytest.mark.slow  # about 40 models: 1-5 min on two shared CPU cores
 

@@ -18,8 +18,9 @@ from safetensors.torch import save_file
 from timm.data import ImageNetInfo
 
 import cnnviz
-from cnnviz import hub, zoo
-from cnnviz.catalog import ZooConfigError, parse_catalog
+from cnnviz import zoo
+from cnnviz.zoo import hub
+from cnnviz.zoo.catalog import ZooConfigError, parse_catalog
 
 TINY = "test_resnet.r160_in1k"  # a timm test model with a pretrained tag (timm/test_resnet.r160_in1k)
 TINY_VIT = "test_vit.r160_in1k"

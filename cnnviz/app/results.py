@@ -1,6 +1,6 @@
 """What the app runs and hands back: overlays, comparison grids, placeholder tiles and zip downloads.
 
-Free of Gradio like `cnnviz.app_logic`; `cnnviz.ui` calls these under the model's lock.
+Free of Gradio like `cnnviz.app.settings`; `cnnviz.app.ui` calls these under the model's lock.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import cnnviz
 from cnnviz import render
-from cnnviz.app_logic import ModelPool, short_name, weights_note
+from cnnviz.app.settings import ModelPool, short_name, weights_note
 
 if TYPE_CHECKING:
     from cnnviz.types import Explanation

@@ -1,90 +1,55 @@
-"""`explain`: one forward pass, shared backward passes, one `Attribution` per method."""
+"""The shared passes: one forward pass, then the backward passes the requested methods need."""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .anatomy import FINAL, Inspection, MapSpec, infer_spec, inspection, param_like
-from .capture import ActivationRules, Members, Passes, capture_outputs, describe_rules, members, model_guard
-from .methods import Method, resolve_methods
-from .types import Attribution, Explanation
+from .anatomy import Inspection
+from .capture import Members, capture_outputs, model_guard
+from .layout import FINAL, MapSpec, infer_spec, param_like
+from .rules import ActivationRules, describe_rules
 
 TargetArg = int | Sequence[int] | torch.Tensor | None
 
 
-def explain(
-    model: nn.Module,
-    x: torch.Tensor,
-    methods: str | Sequence[str | Method] = ("grad_cam",),
-    target: TargetArg = None,
-    layer: str | None = None,
-    strict: bool = True,
-) -> Explanation:
-    """Explain a batch with several methods, sharing every pass that can be shared.
+@dataclass
+class Passes:
+    """What one `explain` call computed, shared by all requested methods.
 
-    Args:
-        model: a timm classification model (its mode and gradients are left as they were).
-        x: a preprocessed batch (B, 3, H, W).
-        methods: method ids (see `cnnviz.list_methods()`), a list or a comma-separated string.
-        target: None (each sample's top-1 class), an int, or one int per sample.
-        layer: None (the final map, or for class-token models the layer the gradient
-            reaches, see `Anatomy.source`), ``"forward_features"``, or one of `Anatomy.stages`.
-        strict: raise ValueError when a method does not apply; with False it is left out
-            and its reason is in `Explanation.refused`.
-
-    Returns:
-        An `Explanation` with one `Attribution` per method that applies.
+    Attributes:
+        x: the input batch (B, 3, H, W).
+        logits: (B, K), detached.
+        targets: (B,) long.
+        map: canonical (B, C, h, w) feature map at the chosen layer (detached), or None.
+        map_grad: d score / d map, canonical, plain rule, or None.
+        input_grads: rule -> d score / d x.
+        rule_notes: rule -> notes naming the rule used for each activation kind present.
+        fold: the CAM head fold of the model (see `cnnviz.engine.head.HeadFold`), or None.
+        layer: name of the layer the map comes from.
+        layer_notes: why that layer.
+        kinds: activation kinds seen in this forward.
     """
-    chosen = resolve_methods(methods)
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a preprocessed batch of shape (B, 3, H, W); got {shape}")
-    found = members(model)
-    insp = inspection(model, found)
-    anatomy = insp.anatomy
-    layer_name = _resolve_layer(model, insp, layer)
-    layer_is_final = layer_name == FINAL
-    refused: dict[str, str] = {}
-    run: list[Method] = []
-    for method in chosen:
-        reason = method.refusal(anatomy, layer_is_final)
-        if reason is None:
-            run.append(method)
-        elif strict:
-            raise ValueError(f"{method.id} does not apply to {anatomy.architecture}: {reason}")
-        else:
-            refused[method.id] = reason
-    needs = frozenset().union(*(m.needs for m in run)) if run else frozenset()
-    passes = _run_passes(model, found, x, needs, target, layer_name, insp)
-    hw = (int(x.shape[-2]), int(x.shape[-1]))
-    attributions: dict[str, Attribution] = {}
-    for method in run:
-        raw, notes, *offset = method.compute(passes)
-        attributions[method.id] = Attribution(
-            method=method.id,
-            raw=raw.detach().float(),
-            notes=tuple(notes),
-            layer=passes.layer if method.family == "cam" else "input",
-            input_size=hw,
-            offset=offset[0].detach().float() if offset else None,
-        )
-    return Explanation(
-        attributions=attributions,
-        logits=passes.logits,
-        targets=passes.targets,
-        anatomy=anatomy,
-        layer=passes.layer,
-        refused=refused,
-    )
+
+    x: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+    layer: str
+    map: torch.Tensor | None = None
+    map_grad: torch.Tensor | None = None
+    input_grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    rule_notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    fold: object | None = None
+    layer_notes: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
 
 
-def _resolve_layer(model: nn.Module, insp: Inspection, layer: str | None) -> str:
+def resolve_layer(model: nn.Module, insp: Inspection, layer: str | None) -> str:
     if layer is None or layer == "":
         return insp.anatomy.source
     if layer in (FINAL, "final"):
@@ -102,7 +67,7 @@ def _resolve_layer(model: nn.Module, insp: Inspection, layer: str | None) -> str
     )
 
 
-def _resolve_targets(target: TargetArg, logits: torch.Tensor) -> torch.Tensor:
+def resolve_targets(target: TargetArg, logits: torch.Tensor) -> torch.Tensor:
     b, k = logits.shape
     if target is None:
         return logits.argmax(1)
@@ -148,7 +113,7 @@ class _Plan:
         return (["plain"] if self.need_map_grad and "plain" not in self.rules else []) + list(self.rules)
 
 
-def _run_passes(
+def run_passes(
     model: nn.Module,
     found: Members,
     x: torch.Tensor,
@@ -165,7 +130,7 @@ def _run_passes(
             xin = xin.clone().requires_grad_(True)
         mode = ActivationRules(switchable=True) if plan.switchable else nullcontext()
         feats, logits, cap = _forward(model, xin, plan, layer, mode)
-        targets = _resolve_targets(target, logits.detach())
+        targets = resolve_targets(target, logits.detach())
         passes = Passes(x=xin.detach(), logits=logits.detach(), targets=targets, layer=layer, fold=insp.fold)
         passes.kinds = tuple(sorted(mode.kinds)) if plan.switchable else insp.anatomy.activations
         native, spec = None, None

@@ -1,10 +1,13 @@
-"""Small pieces the command line shares: usage errors and method parsing from the registry."""
+"""Small pieces the command line shares: usage errors, argument types, method parsing, loading."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 
 import cnnviz
+from cnnviz import zoo
 
 
 class UsageError(ValueError):
@@ -36,3 +39,28 @@ def parse_methods(text: str) -> tuple[str, ...]:
         if method.id not in out:
             out.append(method.id)
     return tuple(out)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def hint(close: Sequence[str]) -> str:
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def load(name: str, weights: str | None, device: str | None = None) -> zoo.Model:
+    """`zoo.load_model`, with a wrong name, weights policy or device as a usage error."""
+    try:
+        zoo.resolve_name(name)
+        zoo.weights_policy(weights)
+        zoo.resolve_device(device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return zoo.load_model(name, weights=weights, device=device)

@@ -31,13 +31,13 @@ from PIL import Image
 from timm.models import is_model_in_modules
 from torch import nn
 
+from ..engine import inspect
+from ..methods.explain import explain
+from ..types import Anatomy, Explanation
 from . import hub
-from .anatomy import inspect
 from .catalog import Overrides, ZooConfigError, ZooEntry, catalog_path, curated, resolve_name
-from .engine import explain
 from .labels import class_names
 from .preprocess import Preprocessor
-from .types import Anatomy, Explanation
 
 __all__ = [
     "WEIGHTS_POLICIES",
@@ -116,7 +116,7 @@ class Model:
     Attributes:
         name: canonical timm name (``arch.tag`` when timm has weights for it).
         module: the timm module, in eval mode, on `device`.
-        preprocessor: the model's own eval transform (see `cnnviz.preprocess`).
+        preprocessor: the model's own eval transform (see `cnnviz.zoo.preprocess`).
         class_names: one readable name per logit (timm's ImageNet metadata, else ``class N``).
         weights_source: ``"hub"`` (pretrained weights through timm/huggingface_hub) or ``"random"``.
         device: where `module` lives and where `preprocess` puts tensors.

@@ -2,7 +2,7 @@
 
 Gradio's API moves between majors (6.x moved ``theme``/``css`` from ``Blocks()`` to ``launch()``),
 so nothing else imports Gradio: `app.py` only calls `build` and `launch`. The computing lives in
-`cnnviz.app_logic` and `cnnviz.app_results`, which raise `ValueError`; the handlers here turn
+`cnnviz.app.settings` and `cnnviz.app.results`, which raise `ValueError`; the handlers here turn
 that into `gr.Error`.
 """
 
@@ -17,9 +17,9 @@ import gradio as gr
 from PIL import Image
 
 import cnnviz
-from cnnviz import app_logic as core
-from cnnviz import app_results as results
 from cnnviz import render
+from cnnviz.app import results
+from cnnviz.app import settings as core
 
 log = logging.getLogger(__name__)
 

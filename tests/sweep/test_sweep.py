@@ -28,7 +28,7 @@ from cnnviz.sweep.summary import readme_excerpt
 from cnnviz.sweep.table import RowWriter, read_rows
 
 METHOD_IDS = [m.id for m in cnnviz.list_methods()]
-SUPPORT = Path(__file__).resolve().parents[1] / "support"
+SUPPORT = Path(__file__).resolve().parents[2] / "support"
 FAST = Limits(timeout=60, mem_gb=4, jobs=2)
 
 

@@ -1,0 +1,81 @@
+"""`cnnviz.explain`: resolve the methods, run the shared passes once, one `Attribution` per method."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..engine.anatomy import inspection
+from ..engine.capture import members
+from ..engine.layout import FINAL
+from ..engine.passes import TargetArg, resolve_layer, run_passes
+from ..types import Attribution, Explanation
+from .registry import Method, resolve_methods
+
+
+def explain(
+    model: nn.Module,
+    x: torch.Tensor,
+    methods: str | Sequence[str | Method] = ("grad_cam",),
+    target: TargetArg = None,
+    layer: str | None = None,
+    strict: bool = True,
+) -> Explanation:
+    """Explain a batch with several methods, sharing every pass that can be shared.
+
+    Args:
+        model: a timm classification model (its mode and gradients are left as they were).
+        x: a preprocessed batch (B, 3, H, W).
+        methods: method ids (see `cnnviz.list_methods()`), a list or a comma-separated string.
+        target: None (each sample's top-1 class), an int, or one int per sample.
+        layer: None (the final map, or for class-token models the layer the gradient
+            reaches, see `Anatomy.source`), ``"forward_features"``, or one of `Anatomy.stages`.
+        strict: raise ValueError when a method does not apply; with False it is left out
+            and its reason is in `Explanation.refused`.
+
+    Returns:
+        An `Explanation` with one `Attribution` per method that applies.
+    """
+    chosen = resolve_methods(methods)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a preprocessed batch of shape (B, 3, H, W); got {shape}")
+    found = members(model)
+    insp = inspection(model, found)
+    anatomy = insp.anatomy
+    layer_name = resolve_layer(model, insp, layer)
+    layer_is_final = layer_name == FINAL
+    refused: dict[str, str] = {}
+    run: list[Method] = []
+    for method in chosen:
+        reason = method.refusal(anatomy, layer_is_final)
+        if reason is None:
+            run.append(method)
+        elif strict:
+            raise ValueError(f"{method.id} does not apply to {anatomy.architecture}: {reason}")
+        else:
+            refused[method.id] = reason
+    needs = frozenset().union(*(m.needs for m in run)) if run else frozenset()
+    passes = run_passes(model, found, x, needs, target, layer_name, insp)
+    hw = (int(x.shape[-2]), int(x.shape[-1]))
+    attributions: dict[str, Attribution] = {}
+    for method in run:
+        raw, notes, *offset = method.compute(passes)
+        attributions[method.id] = Attribution(
+            method=method.id,
+            raw=raw.detach().float(),
+            notes=tuple(notes),
+            layer=passes.layer if method.family == "cam" else "input",
+            input_size=hw,
+            offset=offset[0].detach().float() if offset else None,
+        )
+    return Explanation(
+        attributions=attributions,
+        logits=passes.logits,
+        targets=passes.targets,
+        anatomy=anatomy,
+        layer=passes.layer,
+        refused=refused,
+    )
