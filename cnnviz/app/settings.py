@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 import cnnviz
 from cnnviz import zoo
+from cnnviz.zoo.preprocess import to_rgb
 
 if TYPE_CHECKING:
     from cnnviz.types import Anatomy
@@ -241,20 +242,22 @@ def example_paths() -> list[str]:
     return sorted(str(p) for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
-def prepare_image(image: Image.Image | np.ndarray | str | Path | None) -> Image.Image:
-    """An RGB PIL image, EXIF-rotated, shrunk to MAX_IMAGE_SIDE on its longer side."""
+def prepare_image(image: Image.Image | np.ndarray | None) -> Image.Image:
+    """An upright 8-bit RGB PIL image (`cnnviz.zoo.preprocess.to_rgb`), shrunk to MAX_IMAGE_SIDE.
+
+    The app's image inputs already deliver such pictures (`cnnviz.app.guard.read_image`); this
+    also serves Python callers of the handlers. Paths are not accepted: files are read only by
+    the guard, after it has checked them.
+    """
     if image is None:
         raise ValueError("no image: upload, paste or photograph one, or click an example")
-    if isinstance(image, str | Path):
-        try:
-            with Image.open(image) as opened:
-                image = opened.copy()
-        except (OSError, Image.DecompressionBombError) as err:
-            raise ValueError(f"{Path(image).name} is not an image that can be read: {err}") from err
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    image = ImageOps.exif_transpose(image).convert("RGB")
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"image: expected a picture, got {type(image).__name__}")
+    image = to_rgb(image)
     if max(image.size) > MAX_IMAGE_SIDE:
+        image = image.copy()
         image.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
     return image
 

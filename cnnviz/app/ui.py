@@ -18,7 +18,7 @@ from PIL import Image
 
 import cnnviz
 from cnnviz import render
-from cnnviz.app import results
+from cnnviz.app import guard, results
 from cnnviz.app import settings as core
 
 log = logging.getLogger(__name__)
@@ -49,29 +49,50 @@ PROGRESS = gr.Progress()  # Gradio swaps in a tracker per event; a shared defaul
 MODEL_EVENTS = "cnnviz-models"  # one concurrency group for every event that runs a model
 
 
-def image_input(**kwargs: Any) -> gr.Image:
-    """`gr.Image` whose unreadable uploads become a readable `gr.Error`, not a stack trace.
+def image_input(gate: guard.FileGate, **kwargs: Any) -> gr.Image:
+    """`gr.Image` whose payload is checked by `gate` and decoded by `cnnviz.app.guard.read_image`.
 
-    The instance's `preprocess` is wrapped rather than subclassed: Gradio's component metaclass
-    writes a ``.pyi`` stub next to any module that defines a component subclass.
+    Gradio's own preprocessing would open any path that a reference without ``meta`` names, and
+    convert 16-bit pictures by clipping them; here it is replaced on the instance (a subclass would
+    make Gradio's component metaclass write a ``.pyi`` stub next to this module).
     """
     component = gr.Image(type="pil", sources=IMAGE_SOURCES, **kwargs)
-    preprocess = component.preprocess
 
-    @functools.wraps(preprocess)
-    def readable(payload: Any) -> Any:
+    def checked(payload: Any) -> Image.Image | None:
+        if payload is None:
+            return None
         try:
-            return preprocess(payload)
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            name = getattr(payload, "orig_name", None) or "the uploaded file"
-            raise gr.Error(
-                f"{name} is not an image that can be read ({type(err).__name__}). "
-                "Upload a PNG, JPEG, WebP, BMP or GIF picture.",
-                title="Unreadable image",
-            ) from err
+            return guard.read_image(gate.resolve(payload))
+        except guard.Refused as err:
+            raise gr.Error(str(err), title="Image refused") from None
 
-    component.preprocess = readable
+    component.preprocess = functools.update_wrapper(checked, component.preprocess)
     return component
+
+
+def guard_inputs(demo: gr.Blocks, gate: guard.FileGate) -> None:
+    """Check every input of every event before Gradio moves, fetches or opens any of it.
+
+    File references must resolve inside Gradio's upload cache (`guard.FileGate`): Gradio copies a
+    referenced file, or downloads a URL, before any component sees it, and refuses some references
+    in its own words (naming the path). Checking the raw request first gives every bad reference
+    the same answer, keeps the server from fetching anything, and covers file inputs that later
+    components add. (`Blocks.preprocess_data` is where Gradio 6 turns a request's values into
+    handler arguments, for the queue and for ``/gradio_api/call`` alike.)
+    """
+    original = demo.preprocess_data
+
+    async def checked(block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            if not isinstance(inputs, list) or len(inputs) < len(block_fn.inputs):
+                raise guard.Refused(f"This request needs {len(block_fn.inputs)} input values.")
+            for payload in inputs:
+                guard.check_references(payload, gate)
+        except guard.Refused as err:
+            raise gr.Error(str(err), title="Input refused") from None
+        return await original(block_fn, inputs, *args, **kwargs)
+
+    demo.preprocess_data = functools.update_wrapper(checked, original)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -101,6 +122,7 @@ class App:
         self.settings = settings
         self.pool = core.ModelPool(settings.weights)
         self.archives = results.ArchiveDir()
+        self.gate = guard.FileGate([gr.utils.get_upload_folder()])  # the page's examples are copied there
 
     def model(self, name: str | None, progress: gr.Progress | None = None):
         resolved = core.resolve_model(name, self.settings)
@@ -244,7 +266,7 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
     methods = cnnviz.list_methods()
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):
-            image = image_input(label="Image", height=300, elem_id="cnnviz-image")
+            image = image_input(app.gate, label="Image", height=300, elem_id="cnnviz-image")
             examples = gr.Examples(
                 core.example_paths(), inputs=[image], cache_examples=False, label="Examples"
             )
@@ -333,7 +355,7 @@ def _compare_tab(app: App, banner: gr.Markdown) -> None:
     default_models = core.compare_defaults(app.settings.default_model)
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):
-            image = image_input(label="Image", height=260, elem_id="cnnviz-compare-image")
+            image = image_input(app.gate, label="Image", height=260, elem_id="cnnviz-compare-image")
             gr.Examples(core.example_paths(), inputs=[image], cache_examples=False, label="Examples")
             models = _model_dropdown(app, f"Models (up to {app.settings.max_compare})", True, default_models)
             methods = gr.CheckboxGroup(
@@ -384,6 +406,7 @@ def build(settings: core.AppSettings | None = None) -> gr.Blocks:
             gr.Markdown(core.methods_markdown(), latex_delimiters=LATEX)
         with gr.Tab("Support", id="support"):
             gr.Markdown(core.support_markdown())
+    guard_inputs(demo, app.gate)
     demo.queue(max_size=app.settings.queue_size, default_concurrency_limit=app.settings.concurrency)
     return demo
 

@@ -1,0 +1,221 @@
+"""The app reads no file but uploads and examples: raw HTTP attacks on /explain and /compare.
+
+One app is launched for the module (tiny `test_resnet`, random weights). Every request goes through
+Gradio's public REST protocol with `requests` (POST /gradio_api/call/<api>, then the event stream),
+the way an attacker would send it, with and without Gradio's ``meta`` field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from cnnviz import render
+from cnnviz.app import guard
+from cnnviz.app import settings as core
+
+pytestmark = pytest.mark.app
+
+SETTINGS = core.AppSettings(weights="random", allow_any_model=True, default_model="test_resnet")
+META = {"_type": "gradio.FileData"}
+EXAMPLE = core.EXAMPLES_DIR / "chelsea.jpg"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    from cnnviz.app import ui
+
+    demo = ui.build(SETTINGS)
+    ui.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield demo.local_url.rstrip("/")
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def cache() -> Path:
+    import gradio as gr
+
+    path = Path(gr.utils.get_upload_folder())
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory) -> dict[str, Path]:
+    """A real picture, a text file and a folder outside the upload cache, and a path that is not there."""
+    folder = tmp_path_factory.mktemp("outside")
+    secret = folder / "secret.png"
+    Image.fromarray(np.full((40, 60, 3), (10, 200, 30), np.uint8)).save(secret)
+    text = folder / "notes.txt"
+    text.write_text("not for visitors\n")
+    return {"image": secret, "text": text, "folder": folder, "missing": folder / "missing.png"}
+
+
+def call(server: str, api: str, data: list, timeout: float = 120) -> tuple[str, object]:
+    """(event, payload) of the last event of a /gradio_api/call request."""
+    posted = requests.post(f"{server}/gradio_api/call/{api}", json={"data": data}, timeout=30)
+    posted.raise_for_status()
+    stream = requests.get(f"{server}/gradio_api/call/{api}/{posted.json()['event_id']}", timeout=timeout)
+    event, payload = "", None
+    for line in stream.text.splitlines():
+        if line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            payload = json.loads(line.split(":", 1)[1])
+    return event, payload
+
+
+def explain_args(image: object) -> list:
+    return [image, "test_resnet", ["grad_cam"], core.TOP1, core.FINAL, render.COLORMAPS[0], 0.0]
+
+
+def compare_args(image: object) -> list:
+    return [image, ["test_resnet"], ["grad_cam"], render.COLORMAPS[0], 0.0, True]
+
+
+ARGS = {"explain": explain_args, "compare": compare_args}
+
+
+def upload(server: str, path: Path) -> str:
+    with path.open("rb") as fh:
+        response = requests.post(f"{server}/gradio_api/upload", files={"files": (path.name, fh)}, timeout=30)
+    response.raise_for_status()
+    return response.json()[0]
+
+
+def attacks(outside: dict[str, Path], cache: Path, server: str) -> dict[str, str | None]:
+    """Name -> path of each reference to refuse (None: a reference with no path, only a URL)."""
+    secret = outside["image"]
+    links = cache / f"cnnviz-test-{uuid.uuid4().hex}"
+    links.mkdir()
+    (links / "link.png").symlink_to(secret)
+    (links / "folder").symlink_to(outside["folder"], target_is_directory=True)
+    climb = "/".join([".."] * len(cache.resolve().parts))
+    return {
+        "absolute path to a real image": str(secret),
+        "absolute path to a text file": str(outside["text"]),
+        "absolute path to a folder": str(outside["folder"]),
+        "absolute path that does not exist": str(outside["missing"]),
+        "system file": "/etc/hostname",
+        "cache/../ to the image": f"{cache}/{climb}{secret}",
+        "cache/x/../../ to a missing file": f"{cache}/x/{climb}{outside['missing']}",
+        "relative path to the image": os.path.relpath(secret, os.getcwd()),
+        "relative ../ to a system file": f"{climb}/etc/hostname",
+        "a shipped example named by its path": str(EXAMPLE),
+        "examples/../ to the repository": str(core.EXAMPLES_DIR / ".." / "README.md"),
+        "symlink in the cache to the image": str(links / "link.png"),
+        "symlinked folder in the cache": str(links / "folder" / secret.name),
+        "the cache folder itself": str(cache),
+        "file:// URL of the image": secret.as_uri(),
+        "http URL the server could fetch": f"{server}/gradio_api/file={upload(server, EXAMPLE)}",
+        "NUL in the path": f"{cache}/a.png\x00.png",
+        "empty path": "",
+        "no path, a data: URL": None,
+    }
+
+
+def payloads(path: str | None) -> list[dict]:
+    if path is None:
+        data = "data:image/png;base64,iVBORw0KGgo="
+        return [{"url": data}, {"url": data, "meta": META}]
+    named = {"path": path, "orig_name": "cat.png", "meta": META}
+    return [{"path": path}, {"path": path, "meta": META}, named]
+
+
+@pytest.mark.parametrize("api", ["explain", "compare"])
+def test_every_reference_outside_uploads_and_examples_gets_one_answer(server, outside, cache, api):
+    answers = {}
+    for name, path in attacks(outside, cache, server).items():
+        for payload in payloads(path):
+            event, data = call(server, api, ARGS[api](payload))
+            answers[(name, json.dumps(payload)[:80])] = (event, data)
+    wrong = {k: v for k, v in answers.items() if v[0] != "error" or v[1].get("error") != guard.REFUSED_FILE}
+    assert not wrong, wrong  # each refused, with the same sentence whether or not the path exists
+    assert all(v[1].get("title") in ("Image refused", "Input refused") for v in answers.values())
+    assert all(set(v[1]) <= {"error", "title", "duration", "visible"} for v in answers.values())
+
+
+def test_no_picture_of_a_refused_file_comes_back(server, outside):
+    for payload in payloads(str(outside["image"])):
+        event, data = call(server, "explain", explain_args(payload))
+        assert event == "error" and isinstance(data, dict), (event, data)  # no outputs, only the refusal
+        assert set(data) <= {"error", "title", "duration", "visible"} and "secret" not in json.dumps(data)
+
+
+def test_an_upload_and_an_example_still_work(server, cache):
+    path = upload(server, EXAMPLE)
+    assert Path(path).resolve().is_relative_to(cache.resolve())
+    for payload in ({"path": path, "meta": META, "orig_name": "chelsea.jpg"}, {"path": path}):
+        event, data = call(server, "explain", explain_args(payload))
+        assert event == "complete", data
+        predictions, gallery = data[0], data[1]
+        assert len(predictions["confidences"]) == 5 and len(gallery) == 1
+    event, data = call(server, "compare", compare_args({"path": path, "meta": META}))
+    assert event == "complete", data
+    examples = requests.get(f"{server}/config", timeout=30).json()
+    samples = next(c["props"]["samples"] for c in examples["components"] if c["type"] == "dataset")
+    event, data = call(server, "explain", explain_args(samples[0][0]))  # as the page sends an example
+    assert event == "complete", data
+
+
+def test_the_file_route_serves_nothing_outside_the_cache(server, outside):
+    for path in (outside["image"], outside["missing"], Path("/etc/hostname")):
+        response = requests.get(f"{server}/gradio_api/file={path}", timeout=30)
+        assert response.status_code in (403, 404) and not response.content.startswith(b"\x89PNG")
+
+
+# ----------------------------------------------------------------------------- the gate, no server
+
+
+def test_gate_resolves_inside_its_folders_only(tmp_path):
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (root / "sub").mkdir()
+    inside = root / "sub" / "a.png"
+    inside.write_bytes(b"x")
+    secret = elsewhere / "b.png"
+    secret.write_bytes(b"y")
+    (root / "escape.png").symlink_to(secret)
+    (root / "inner.png").symlink_to(inside)
+    gate = guard.FileGate([root])
+    assert gate.resolve({"path": str(inside)}) == inside.resolve()
+    assert gate.resolve({"path": str(root / "inner.png")}) == inside.resolve()  # a link that stays inside
+    assert gate.resolve({"path": f"{root}/sub/../sub/a.png"}) == inside.resolve()
+    for bad in [
+        str(secret), str(root / "escape.png"), f"{root}/../elsewhere/b.png", str(root), str(root / "sub"),
+        str(root / "missing.png"), f"file://{inside}", f"http://x/{inside}", 42, None, "x" * 5000,
+    ]:  # fmt: skip
+        with pytest.raises(guard.Refused) as err:
+            gate.resolve({"path": bad})
+        assert str(err.value) == guard.REFUSED_FILE
+
+
+def test_check_references_finds_nested_files(tmp_path):
+    inside = tmp_path / "a.png"
+    inside.write_bytes(b"x")
+    gate = guard.FileGate([tmp_path])
+    assert guard.check_references(["text", 3, None, {"value": [{"path": str(inside)}]}], gate) == 1
+    with pytest.raises(guard.Refused):
+        guard.check_references({"value": [{"path": str(inside)}, {"path": "/etc/hostname"}]}, gate)
+    deep: object = {"path": str(inside)}
+    for _ in range(20):
+        deep = [deep]
+    with pytest.raises(guard.Refused):
+        guard.check_references(deep, gate)
