@@ -1,7 +1,9 @@
-"""Shared test helpers: random-weight timm models whose random init cannot hide bugs."""
+"""Shared test helpers: random-weight timm models whose random init cannot hide bugs, and trained
+models (packaged ImageNet weights, no Hub) built once per session."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -92,3 +94,27 @@ def assert_same_state(before: dict, after: dict) -> None:
 @pytest.fixture
 def tiny_resnet():
     return make_model("test_resnet")
+
+
+TRAINED_LITE = ("tf_efficientnet_lite0.in1k", "tf_efficientnet_lite1.in1k", "tf_efficientnet_lite2.in1k")
+
+
+@functools.cache
+def trained(name: str = "tf_efficientnet_lite0.in1k"):
+    """A `cnnviz.zoo.Model` with trained ImageNet weights from its pip package (models.yaml's
+    `packaged:`; no Hub, no network), on the CPU, built once per session and name.
+
+    `name`: one of `TRAINED_LITE` (or its architecture, ``tf_efficientnet_lite1``). The instance
+    is shared: do not change its module (copy.deepcopy it first).
+    """
+    from cnnviz import zoo
+
+    model = zoo.load_model(name, weights="packaged", device="cpu")
+    assert model.weights_source == "packaged" and not model.random_weights
+    return model
+
+
+@pytest.fixture(scope="session")
+def trained_lite0():
+    """EfficientNet-Lite0 with its packaged ImageNet weights (cat and espresso recognised)."""
+    return trained("tf_efficientnet_lite0.in1k")

@@ -53,7 +53,8 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights",
         choices=zoo.WEIGHTS_POLICIES,
-        help="hub (trained weights, the default; or CNNVIZ_WEIGHTS), random, or auto (hub, else random)",
+        help="hub (trained weights, the default; or CNNVIZ_WEIGHTS), packaged (trained weights from a pip "
+        "package, for the models that have them), random, or auto (hub, else packaged, else random)",
     )
     p.add_argument(
         "--device", help="torch device (default CNNVIZ_DEVICE, else cuda when available, else cpu)"
@@ -207,9 +208,10 @@ def build_manifest(
             "label": model.display_name,
             "family": model.family,
             "weights_source": model.weights_source,
+            "weights_origin": model.weights_origin,
             "weights": RANDOM_WEIGHTS_NOTE
             if model.random_weights
-            else "trained weights from the Hugging Face Hub",
+            else f"trained weights: {model.weights_origin}",
             "weights_note": model.weights_note,
             "input_size": list(model.data_config.get("input_size", ())),
         },

