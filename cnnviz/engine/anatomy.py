@@ -23,7 +23,7 @@ from torch import nn
 from ..types import Anatomy
 from .capture import Members, capture_outputs, members, model_guard
 from .head import HeadFold, analyze_head, describe_head
-from .layout import FINAL, infer_spec, param_like, probe_input_size
+from .layout import FINAL, MapSpec, infer_spec, param_like, probe_input_size
 from .rules import ActivationRules
 from .stages import feature_info, find_gradient_layer, matches, stage_names, stages_by_shape
 
@@ -81,6 +81,37 @@ def inspection(model: nn.Module, found: Members | None = None) -> Inspection:
     with _LOCK:
         _CACHE[model] = (fp, result)
     return result
+
+
+def refold(model: nn.Module, previous: Inspection) -> Inspection | None:
+    """The inspection of `model` after its weights changed but not its structure, without a probe pass.
+
+    Everything structural (layout, stages, activations, the head's kind) is kept from `previous`;
+    the one weight-dependent tensor, the CAM head fold, is recomputed from the head alone on
+    random maps of the anatomy's shape (a few head evaluations, no forward through the body).
+    Returns None when the head no longer folds exactly: then inspect it afresh. Used by the
+    model-randomization sanity check, which changes a copy's weights step by step.
+    """
+    anatomy = previous.anatomy
+    if previous.fold is None or anatomy.source != FINAL:
+        return previous
+    spec = MapSpec(anatomy.layout, anatomy.num_prefix_tokens, anatomy.grid)
+    device, dtype = param_like(model)
+    canon = torch.randn(2, *anatomy.shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    with torch.no_grad(), model_guard(model):
+        feats = spec.from_canonical(canon)
+        logits = model.forward_head(feats)
+        verdict = analyze_head(model, spec, feats, logits)
+    if not verdict.exact or verdict.fold is None:
+        return None
+    return Inspection(anatomy=anatomy, fold=verdict.fold)
+
+
+def adopt(model: nn.Module, known: Inspection) -> None:
+    """Cache `known` as the inspection of `model` as its weights are now (see `refold`)."""
+    found = members(model)
+    with _LOCK:
+        _CACHE[model] = (_fingerprint(found), known)
 
 
 def _inspect(model: nn.Module) -> Inspection:

@@ -1,0 +1,127 @@
+"""Cascading model randomization: on a copy, steps from the classifier down, correlations right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_same_state, make_model, model_state
+
+import cnnviz
+import cnnviz.evaluate as ev
+from cnnviz.evaluate import sanity
+
+
+def test_cascade_covers_every_parameter_once_from_the_classifier_down():
+    model = make_model("efficientnet_lite0")
+    steps = ev.cascade(model)
+    names = [n for s in steps for n in s.params]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    assert len(names) == len(set(names))
+    labels = [s.label for s in steps]
+    assert labels[0] == "classifier" and labels[-1] == "stem"
+    assert labels[1].startswith("blocks.6 (+ ") and "conv_head" in labels[1]
+    assert [lab.split(" ")[0] for lab in labels[1:-1]] == [
+        "blocks.6",
+        "blocks.4",
+        "blocks.2",
+        "blocks.1",
+        "blocks.0",
+    ]
+    assert set(steps[0].params) == {"classifier.weight", "classifier.bias"}
+
+
+def test_spearman_equals_scipys_with_ties():
+    stats = pytest.importorskip("scipy.stats")
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 5, (4, 50), generator=gen).float()  # many ties
+    b = a + torch.randn(4, 50, generator=gen)
+    ours = sanity.spearman(a, b)
+    for i in range(4):
+        assert ours[i].item() == pytest.approx(stats.spearmanr(a[i], b[i]).statistic, abs=1e-6)
+    assert torch.isnan(sanity.spearman(torch.ones(1, 5), torch.arange(5.0)[None])).all()
+
+
+def test_randomization_runs_on_a_copy_and_leaves_the_model_untouched():
+    model = make_model("resnet18", num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    before = model_state(model)
+    check = ev.model_randomization(model, x, ["cam", "vanilla_gradient", "guided_backprop"], steps=3)
+    assert_same_state(before, model_state(model))
+    assert check.labels == ("classifier", "layer4", "layer3")
+    for m in check.methods:
+        assert check.spearman_abs[m].shape == (3, 2) and check.spearman_signed[m].shape == (3, 2)
+        assert len(check.maps[m]) == 4
+    # the first entry is the trained model's own map
+    ex = cnnviz.explain(model.eval(), x, ["cam"], target=check.targets)
+    assert torch.allclose(check.maps["cam"][0], ex["cam"].raw, atol=1e-5)
+
+
+def test_randomizing_the_classifier_changes_cam_and_the_correlations_are_of_the_maps():
+    model = make_model("resnet18", num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    check = ev.model_randomization(model, x, ["cam"], steps=1)
+    trained, randomized = check.maps["cam"]
+    assert not torch.equal(trained, randomized)
+    expect = sanity.spearman(trained.abs().flatten(1), randomized.abs().flatten(1))
+    assert torch.equal(check.spearman_abs["cam"][0], expect)
+    # CAM with a random classifier is a random mix of the same channels: far from the trained one
+    assert check.spearman_signed["cam"][0, 0].abs() < 0.9
+
+
+def test_ssim_when_scikit_image_is_there():
+    pytest.importorskip("skimage")
+    model = make_model("resnet18", num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    check = ev.model_randomization(model, x, ["vanilla_gradient"], steps=1)
+    assert check.ssim is not None and check.ssim["vanilla_gradient"].shape == (1, 1)
+    same = sanity.ssim(
+        check.maps["vanilla_gradient"][0].abs().amax(1), check.maps["vanilla_gradient"][0].abs().amax(1)
+    )
+    assert same.item() == pytest.approx(1.0)
+
+
+def test_bad_sanity_input():
+    model = make_model("resnet18", num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 6\]"):
+        ev.model_randomization(model, x, ["cam"], steps=7)
+    with pytest.raises(ValueError, match="give the methods"):
+        ev.model_randomization(model, x)
+    with pytest.raises(ValueError, match="unknown method"):
+        ev.model_randomization(model, x, ["gradcam++"])
+
+
+def test_refold_equals_a_fresh_inspection_after_randomization():
+    """The sanity check skips the copy's probe pass; the CAM fold it uses must be the real one."""
+    import copy
+
+    from cnnviz.engine.anatomy import _inspect, inspection, refold
+
+    for name in ("resnet18", "convnext_atto"):
+        model = make_model(name, num_classes=10)
+        clone = copy.deepcopy(model)
+        gen = torch.Generator().manual_seed(3)
+        steps = ev.cascade(clone)
+        sanity.randomize_(clone, steps[0].params + steps[1].params, gen)
+        fresh = _inspect(clone)
+        quick = refold(clone, inspection(model))
+        assert quick is not None and quick.anatomy == fresh.anatomy
+        assert quick.fold.normalized == fresh.fold.normalized
+        assert torch.allclose(quick.fold.weight, fresh.fold.weight, atol=1e-5)
+        assert torch.allclose(quick.fold.bias, fresh.fold.bias, atol=1e-5)
+
+
+def test_randomized_maps_equal_explaining_an_independently_randomized_copy():
+    import copy
+
+    model = make_model("resnet18", num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    check = ev.model_randomization(model, x, ["cam", "grad_cam"], steps=2, seed=5)
+    clone = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(5)
+    for step in ev.cascade(clone)[:2]:
+        sanity.randomize_(clone, step.params, gen)
+    ex = cnnviz.explain(clone, x, ["cam", "grad_cam"], target=check.targets)
+    assert torch.allclose(check.maps["cam"][2], ex["cam"].raw, atol=1e-5)
+    assert torch.allclose(check.maps["grad_cam"][2], ex["grad_cam"].raw, atol=1e-5)
