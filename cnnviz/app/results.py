@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import cnnviz
 from cnnviz import render
-from cnnviz.app.settings import ModelPool, short_name, weights_note
+from cnnviz.app.settings import ModelPool, short_name, weights_note, weights_tag
 
 if TYPE_CHECKING:
     from cnnviz.types import Explanation
@@ -147,6 +147,8 @@ def explain_one(
     meta = {
         "model": model.name,
         "weights": model.weights_source,
+        "weights_origin": model.weights_origin,
+        "weights_note": model.weights_note,
         "target": {"index": tidx, "name": tname},
         "layer": ex.layer,
         "top5": [{"index": i, "name": n, "probability": p} for i, n, p in top],
@@ -194,7 +196,7 @@ def compare_grid(
         ex, m = row.explanation, row.model
         tidx = int(ex.targets[0])
         prob = float(ex.probabilities[0, tidx])
-        top1 = f"{short_name(m.class_names[tidx])} {prob:.0%}{weights_note(m)}"
+        top1 = f"{short_name(m.class_names[tidx])} {prob:.0%} · {weights_tag(m)}"
         for mid in methods:
             label = cnnviz.get_method(mid).label
             if mid in ex.attributions:
@@ -212,13 +214,14 @@ def compare_grid(
 
 
 def compare_table(rows: Sequence[CompareRow]) -> str:
-    """One line per model: its top-1 class and probability, whether CAM is exact, its weights."""
+    """One line per model: its top-1 class and probability, whether CAM is exact, its weights'
+    origin (Hub repository, pip package and version, or random)."""
     lines = ["| model | top-1 | p | CAM | weights |", "|---|---|---|---|---|"]
     for row in rows:
         m, ex = row.model, row.explanation
         t = int(ex.targets[0])
         cam = "exact" if m.anatomy.cam_exact else "not exact"
-        weights = "random" if m.random_weights else "pretrained"
+        weights = m.weights_origin
         p = float(ex.probabilities[0, t])
         lines.append(f"| `{m.name}` | {short_name(m.class_names[t])} | {p:.1%} | {cam} | {weights} |")
     return "\n".join(lines)

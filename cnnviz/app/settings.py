@@ -20,6 +20,7 @@ from PIL import Image
 
 import cnnviz
 from cnnviz import zoo
+from cnnviz.zoo import hub, packaged
 from cnnviz.zoo.preprocess import to_rgb
 
 if TYPE_CHECKING:
@@ -59,10 +60,14 @@ class AppSettings:
     """Deployment settings, read once from the environment.
 
     Attributes:
-        weights: ``auto`` (Hub weights, random when the Hub is unreachable), ``hub`` or ``random``.
+        weights: ``auto`` (Hub weights; where the Hub cannot be had, the packaged weights of the
+            models that have them, else random), ``hub``, ``packaged`` or ``random``.
         allow_any_model: whether visitors may type any timm name (CNNVIZ_ALLOW_ANY_MODEL; on by
             default locally, off by default on Hugging Face Spaces where memory is shared).
-        default_model: model shown first (CNNVIZ_DEFAULT_MODEL, else the zoo's first ResNet-50).
+        default_model: model shown first (CNNVIZ_DEFAULT_MODEL, else `default_model_id`: the
+            curated ResNet-50 where the Hub has its weights, else the packaged EfficientNet-Lite0).
+        hub_weights: whether the Hub (or its cache) had the curated ResNet-50's weights at
+            start-up; False offline, which the banner explains.
         max_compare: most models in one comparison.
         queue_size: most events waiting in Gradio's queue (CNNVIZ_QUEUE_SIZE).
         concurrency: events that run models at the same time (CNNVIZ_CONCURRENCY).
@@ -74,29 +79,51 @@ class AppSettings:
     max_compare: int = 6
     queue_size: int = 16
     concurrency: int = 1
+    hub_weights: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AppSettings:
         env = os.environ if env is None else env
         weights = env.get("CNNVIZ_WEIGHTS", "").strip() or "auto"
-        if weights not in ("auto", "hub", "random"):
-            raise ValueError(f"CNNVIZ_WEIGHTS={weights!r}: expected one of 'auto', 'hub', 'random'")
+        if weights not in zoo.WEIGHTS_POLICIES:
+            allowed = ", ".join(repr(w) for w in zoo.WEIGHTS_POLICIES)
+            raise ValueError(f"CNNVIZ_WEIGHTS={weights!r}: expected one of {allowed}")
         on_spaces = bool(env.get("SPACE_ID"))
+        # one probe at start-up (the cache, else a metadata request of a few seconds at most)
+        hub_weights = weights == "hub" or (weights == "auto" and hub.hub_has_weights(hub_default_id()))
         return cls(
             weights=weights,
             allow_any_model=_env_flag(env, "CNNVIZ_ALLOW_ANY_MODEL", not on_spaces),
-            default_model=env.get("CNNVIZ_DEFAULT_MODEL", "").strip() or default_model_id(),
+            default_model=env.get("CNNVIZ_DEFAULT_MODEL", "").strip()
+            or default_model_id(weights, hub_weights),
             queue_size=_env_int(env, "CNNVIZ_QUEUE_SIZE", 16),
             concurrency=_env_int(env, "CNNVIZ_CONCURRENCY", 1),
+            hub_weights=hub_weights,
         )
 
 
-def default_model_id() -> str:
+def hub_default_id() -> str:
     """The curated ResNet-50 if the zoo lists one, else the zoo's first entry."""
     ids = [e.id for e in zoo.curated()]
     if not ids:
         raise ValueError("models.yaml lists no model; set CNNVIZ_DEFAULT_MODEL to a timm name")
     return next((i for i in ids if i.split(".")[0] == "resnet50"), ids[0])
+
+
+def trained_offline() -> list[zoo.ZooEntry]:
+    """The curated models whose packaged weights are installed here (trained without the Hub)."""
+    return [e for e in zoo.packaged_models() if packaged.is_installed(e.packaged)]
+
+
+def default_model_id(weights: str = "hub", hub_weights: bool = True) -> str:
+    """The model the Explain tab opens with: the curated ResNet-50 (`hub_default_id`) where its
+    weights come from the Hub (or the deployment wants random weights), else the first model with
+    installed packaged weights (EfficientNet-Lite0), so that an offline app opens on a trained
+    network."""
+    if weights == "random" or (weights in ("hub", "auto") and hub_weights):
+        return hub_default_id()
+    offline = trained_offline()
+    return offline[0].id if offline else hub_default_id()
 
 
 class ModelPool:
@@ -223,7 +250,14 @@ def parse_layer(value: str | None, anatomy: Anatomy) -> str | None:
 
 
 def compare_defaults(default_model: str, n: int = 3) -> list[str]:
-    """The default model, then the first curated model of each following family, `n` in all."""
+    """The default model, then the first curated model of each following family, `n` in all.
+
+    When the default model is one with packaged weights (the app is offline), the models with
+    installed packaged weights instead (EfficientNet-Lite0, -Lite1, -Lite2): trained networks only.
+    """
+    offline = [e.id for e in trained_offline()]
+    if default_model in offline:
+        return [default_model, *(i for i in offline if i != default_model)][: max(n, len(offline))]
     picked, families = [default_model], set()
     for entry in zoo.curated():
         if entry.id == default_model:
@@ -271,7 +305,53 @@ def short_name(name: str) -> str:
 
 
 def weights_note(model: Model) -> str:
-    return " · random weights" if model.random_weights else ""
+    """The end of every caption: where the model's weights came from (`Model.weights_origin`)."""
+    return f" · {model.weights_origin}"
+
+
+def weights_tag(model: Model) -> str:
+    """Two words for tight captions (Compare's grid cells): random, Hub or packaged weights."""
+    return {"hub": "Hub weights", "packaged": "packaged weights"}.get(model.weights_source, "random weights")
+
+
+RANDOM_ON_PURPOSE = (
+    "⚠ **Random weights.** This deployment is set to CNNVIZ_WEIGHTS=random, so every model runs on "
+    "random weights: the pictures show how the methods work, not what a trained network looks at. "
+    "Every caption says so."
+)
+
+
+def weights_banner(settings: AppSettings, models: Sequence[Model] = ()) -> str:
+    """What the banner says about weights, or ``""`` when all is trained as expected.
+
+    Offline (the Hub and its cache lack the weights), it names the models that are trained anyway
+    (installed packaged weights) and says that the others run on random weights; `models` that
+    turned out random are named.
+    """
+    if settings.weights == "random":
+        return RANDOM_ON_PURPOSE
+    random = [m.label or m.name for m in models if m.random_weights]
+    parts = []
+    if random:
+        why = next((m.weights_note for m in models if m.random_weights and m.weights_note), "")
+        parts.append(
+            f"⚠ **Random weights: {', '.join(random)}.** "
+            + (f"No trained weights could be had ({why}). " if why else "")
+            + "The pictures show how the methods work, not what a trained network looks at."
+        )
+    names = ", ".join(e.label for e in trained_offline()) or "none (their packages are not installed)"
+    if settings.weights == "packaged":
+        parts.append(
+            f"**Trained weights from pip packages** (CNNVIZ_WEIGHTS=packaged): {names}. "
+            "Other models are not available in this deployment."
+        )
+    elif not settings.hub_weights:
+        parts.append(
+            "**Offline: the Hugging Face Hub cannot be reached** and its cache lacks the weights. "
+            f"**Trained** (ImageNet weights shipped in pip packages): {names}. "
+            "**Random weights**: every other model, as its captions say."
+        )
+    return "\n\n".join(parts)
 
 
 def anatomy_markdown(model: Model) -> str:
@@ -285,8 +365,10 @@ def anatomy_markdown(model: Model) -> str:
     if model.random_weights:
         why = model.weights_note or "CNNVIZ_WEIGHTS=random"
         weights = f"**random weights** ({why}): maps and predictions are meaningless"
+    elif model.weights_source == "packaged":
+        weights = f"trained (ImageNet), from the {model.weights_origin} (sha256 checked)"
     else:
-        weights = "pretrained, from the Hugging Face Hub"
+        weights = f"trained, from the {model.weights_origin}"
     name = f"`{model.name}`" + (f" ({model.label})" if model.label and model.label != model.name else "")
     grid = f", {a.num_prefix_tokens} prefix token(s), grid {a.grid[0]}×{a.grid[1]}" if a.grid else ""
     rows = [

@@ -37,12 +37,6 @@ CSS = """
 .cnnviz-ok {background: #dcfce7; color: #166534;}
 .cnnviz-warn {background: #fef3c7; color: #92400e;}
 """
-RANDOM_BANNER = (
-    "⚠ **Random weights.** {why}, so the models run on random weights: the pictures show how the "
-    "methods work, not what a trained network looks at. Every caption says so."
-)
-NO_HUB = "The pretrained weights could not be had (no Hub access and no local cache)"
-RANDOM_ON_PURPOSE = "This deployment is set to CNNVIZ_WEIGHTS=random"
 PREDICTIONS = "Top-5 predictions"
 IMAGE_SOURCES = ["upload", "clipboard", "webcam"]
 PROGRESS = gr.Progress()  # Gradio swaps in a tracker per event; a shared default is safe
@@ -130,9 +124,10 @@ class App:
             progress(0.05, desc=f"loading {resolved}")
         return self.pool.get(resolved)
 
-    def banner(self, random_weights: bool) -> dict:
-        why = RANDOM_ON_PURPOSE if self.settings.weights == "random" else NO_HUB
-        return gr.update(value=RANDOM_BANNER.format(why=why), visible=random_weights)
+    def banner(self, models: list | tuple = ()) -> dict:
+        """Which models are trained and which random (`core.weights_banner`); hidden when all is well."""
+        text = core.weights_banner(self.settings, models)
+        return gr.update(value=text, visible=bool(text))
 
     # -- Explain tab ---------------------------------------------------------------------------
     def on_model(self, name: str, selected: list[str] | None, progress=PROGRESS):
@@ -145,7 +140,7 @@ class App:
             gr.update(choices=[core.FINAL, *model.anatomy.stages], value=core.FINAL),
             gr.update(choices=core.class_choices(model.class_names), value=core.TOP1),
             core.anatomy_markdown(model),
-            self.banner(model.random_weights),
+            self.banner([model]),
         )
 
     def on_layer(self, name: str, layer: str, selected: list[str] | None):
@@ -199,15 +194,13 @@ class App:
         )
 
     def weights_notice(self, name: str):
-        """After an explanation: say "random weights" on the predictions panel and the banner."""
+        """After an explanation: the weights' origin on the predictions panel, and the banner."""
         model, _ = self.model(name)
-        suffix = " · random weights" if model.random_weights else ""
-        return gr.update(label=PREDICTIONS + suffix), self.banner(model.random_weights)
+        return gr.update(label=PREDICTIONS + core.weights_note(model)), self.banner([model])
 
     def compare_notice(self, names: list[str]):
-        """After a comparison: the banner shows when any of the models runs on random weights."""
-        models = [self.model(n)[0] for n in names or []]
-        return self.banner(any(m.random_weights for m in models))
+        """After a comparison: the banner names the models that run on random weights."""
+        return self.banner([self.model(n)[0] for n in names or []])
 
     def pick_target(self, top: list, evt: gr.SelectData):
         """A click on a predicted class makes it the target class."""
@@ -242,7 +235,13 @@ class App:
             rows, method_ids, colormap, float(alpha), bool(shared_scale)
         )
         table = results.compare_table(rows)
-        meta = {"models": names, "methods": method_ids, "shared_scale": bool(shared_scale)}
+        meta = {
+            "models": names,
+            "weights": {row.model.name: row.model.weights_source for row in rows},
+            "weights_origin": {row.model.name: row.model.weights_origin for row in rows},
+            "methods": method_ids,
+            "shared_scale": bool(shared_scale),
+        }
         archive = results.write_zip(self.archives.new_zip("cnnviz-compare"), arrays, pictures, meta)
         return self.archives.save_png(grid, "cnnviz-compare"), table, str(archive)
 
@@ -393,11 +392,8 @@ def build(settings: core.AppSettings | None = None) -> gr.Blocks:
             "Gradients, deconvnet, guided backprop, CAM, Grad-CAM and guided Grad-CAM for any "
             "[timm](https://github.com/huggingface/pytorch-image-models) image classifier."
         )
-        banner = gr.Markdown(
-            RANDOM_BANNER.format(why=RANDOM_ON_PURPOSE),
-            visible=app.settings.weights == "random",
-            elem_id="cnnviz-banner",
-        )
+        notice = core.weights_banner(app.settings)
+        banner = gr.Markdown(notice, visible=bool(notice), elem_id="cnnviz-banner")
         with gr.Tab("Explain", id="explain"):
             _explain_tab(app, banner, demo)
         with gr.Tab("Compare", id="compare"):
