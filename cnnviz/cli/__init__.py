@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import cnnviz
 from cnnviz import zoo
 
+from .batch import add_batch, run_batch_command
 from .explain import add_explain, run_explain
 from .inspect import add_inspect, run_inspect
 from .methods import add_methods, run_methods
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect(sub)
     add_methods(sub)
     add_sweep(sub)
+    add_batch(sub)
     return parser
 
 
@@ -50,6 +52,7 @@ COMMANDS = {
     "inspect": run_inspect,
     "methods": run_methods,
     "sweep": run_sweep_command,
+    "batch": run_batch_command,
 }
 
 

@@ -55,10 +55,17 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--retry-failed", action="store_true", help="run again the models whose row has a failed method"
     )
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="each model as a Ray task sized by its memory estimate (also when RAY_ADDRESS is set); "
+        "Ray then decides how many run at once, not --jobs",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
+    from cnnviz.raytools import ray_requested
     from cnnviz.sweep import Limits, run_sweep, select_names
 
     try:
@@ -88,7 +95,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             pattern=args.pattern or "*",  # recorded in the meta: what the CSV covers
             families_smoke=args.families_smoke,
             retry_failed=args.retry_failed,
+            use_ray=ray_requested(args.ray),
         )
+    except ImportError as exc:  # --ray without Ray installed
+        raise UsageError(str(exc)) from None
     finally:
         if bar is not None:
             bar.close()

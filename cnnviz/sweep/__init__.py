@@ -84,6 +84,7 @@ def run_sweep(
     names: list[str] | None = None,
     probe_fn: Callable[[str, int, object], dict] | None = None,
     retry_failed: bool = False,
+    use_ray: bool = False,
 ) -> SweepResult:
     """Sweep the models matching `pattern` into `out` (resuming it), then sort it and summarize.
 
@@ -93,6 +94,8 @@ def run_sweep(
         names: an explicit list instead of `pattern`.
         probe_fn: what runs in each model's process (see `runner.run`; tests pass fakes).
         retry_failed: run again the names whose row has a failed method.
+        use_ray: each model as a Ray task (`cnnviz.sweep.ray_pool`; ``RAY_ADDRESS`` or a local
+            Ray) instead of a process of this machine's pool.
     """
     from .probe import columns, versions
 
@@ -102,7 +105,7 @@ def run_sweep(
     out = Path(out)
     cols = columns()
     t0 = time.monotonic()
-    written = run(names, out, limits, cols, on_row, probe_fn, retry_failed)
+    written = run(names, out, limits, cols, on_row, probe_fn, retry_failed, use_ray)
     wall = time.monotonic() - t0
     total = finish(out, cols)
     meta_path = out.with_suffix(".meta.json")

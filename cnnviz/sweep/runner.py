@@ -64,6 +64,7 @@ class Plan:
     exclusive: bool
     threads: int
     refusal: str = ""
+    need_gb: float = 0.0
 
 
 def plan_for(name: str, params: int, limits: Limits) -> Plan:
@@ -71,18 +72,19 @@ def plan_for(name: str, params: int, limits: Limits) -> Plan:
     need32 = PARAM_FACTOR * params * 4 / GIB + OVERHEAD_GB
     need16 = PARAM_FACTOR * params * 2 / GIB + OVERHEAD_GB
     if need32 <= limits.mem_gb:
-        return Plan(name, "float32", limits.mem_gb, limits.timeout, False, 1)
+        return Plan(name, "float32", limits.mem_gb, limits.timeout, False, 1, need_gb=need32)
     big = (limits.big_mem_gb, 4 * limits.timeout, True, limits.jobs)
     if need32 <= limits.big_mem_gb:
-        return Plan(name, "float32", *big)
+        return Plan(name, "float32", *big, need_gb=need32)
     if need16 <= limits.big_mem_gb:
-        return Plan(name, "bfloat16", *big)
+        return Plan(name, "bfloat16", *big, need_gb=need16)
     return Plan(
         name,
         "bfloat16",
         *big,
         refusal=f"needs about {need16:.1f} GiB even in bfloat16 ({params / 1e9:.1f}B parameters), "
         f"above --big-mem-gb {limits.big_mem_gb:g}; rerun it with a larger --big-mem-gb",
+        need_gb=need16,
     )
 
 
@@ -149,11 +151,13 @@ def run(
     on_row: Callable[[dict[str, object]], None] | None = None,
     probe_fn: ProbeFn | None = None,
     retry_failed: bool = False,
+    use_ray: bool = False,
 ) -> int:
     """Probe `names` into the CSV `out` (skipping names already there); returns rows written.
 
     With `retry_failed`, names whose row has a failed method run again (their new row
-    replaces the old one when the file is sorted).
+    replaces the old one when the file is sorted). With `use_ray`, each model is a Ray task
+    (`cnnviz.sweep.ray_pool`) instead of a process of this machine's pool.
 
     `probe_fn(name, small, dtype) -> row` runs in the child (default `cnnviz.sweep.probe.probe`);
     it must be a module-level function so that it can be sent to the child process.
@@ -185,6 +189,11 @@ def run(
             if on_row:
                 on_row(row)
 
+        if use_ray:
+            from .ray_pool import run_on_ray
+
+            run_on_ray(list(queue), limits.small, probe_fn, method_ids, emit)
+            return written
         while queue or running:
             while queue and _can_start(queue[0], running, limits.jobs):
                 plan = queue.popleft()
@@ -202,6 +211,21 @@ def run(
                 for row in _collect(running, method_ids):
                     emit(row)
     return written
+
+
+def run_one(plan: Plan, small: int, probe_fn: ProbeFn, method_ids: list[str]) -> dict[str, object]:
+    """One model in its own process under the plan's cap and timeout, as the pool runs it: its
+    row, or a failed row with the cause (what each Ray task of `cnnviz sweep --ray` runs)."""
+    ctx = _context()
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(plan, small, send, probe_fn), name=plan.name, daemon=True)
+    proc.start()
+    send.close()
+    running = [_Running(plan, proc, receive, time.monotonic())]
+    while True:
+        rows = _collect(running, method_ids)
+        if rows:
+            return rows[0]
 
 
 def _can_start(plan: Plan, running: list[_Running], jobs: int) -> bool:

@@ -1,0 +1,131 @@
+"""Ray mode against local mode: `cnnviz batch --ray` gives the local rows, `cnnviz sweep --ray` the
+local pool's CSV rows. One local Ray (2 CPUs) serves the whole module: starting one is slow, so
+the sweep's Ray test lives here too rather than in tests/sweep/."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnviz.batch import read_results, run_batch
+from cnnviz.cli import main
+from cnnviz.raytools import worker_env
+from cnnviz.sweep import Limits, run_sweep
+from cnnviz.sweep.table import read_rows
+
+pytestmark = pytest.mark.slow
+
+MODELS = ["test_resnet", "test_efficientnet"]
+METHODS = ("cam", "grad_cam", "guided_backprop")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    env = worker_env()  # this checkout first on the workers' path, and this folder for fake_probe
+    env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(Path(__file__).parent)])
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={"env_vars": env})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _run(images, out, **kwargs):
+    return run_batch(images, MODELS, METHODS, out, weights="random", batch_size=3, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def jobs(ray_session, image_dir, tmp_path_factory):
+    """The same job three ways: all local; all on Ray; begun locally (3 images, one model) and
+    finished on Ray. Each Ray run is one Ray Data execution per model."""
+    root = tmp_path_factory.mktemp("jobs")
+    images = [str(image_dir)]
+    first = sorted(str(p) for p in image_dir.glob("*.jpg") if p.name not in ("broken.jpg", "truncated.jpg"))[
+        :3
+    ]
+    local = _run(images, root / "local", workers=1)
+    ray = _run(images, root / "ray", use_ray=True, progress=False)
+    run_batch(first, MODELS[:1], METHODS, root / "mixed", weights="random")
+    mixed = _run(images, root / "mixed", use_ray=True, progress=False)
+    return local, ray, mixed
+
+
+def test_ray_mode_gives_the_local_rows(jobs, same_rows):
+    local, ray, _ = jobs
+    assert (local.mode, ray.mode) == ("local", "ray")
+    assert ray.rows == local.rows == 9 * len(MODELS) * len(METHODS) and ray.written == ray.rows
+    parts = list((ray.out / "rows").glob("*.parquet"))
+    assert parts and not any(p.name.startswith("part-") for p in parts)  # written by Ray's Parquet sink
+    same_rows(read_results(local.out).to_pylist(), read_results(ray.out).to_pylist())
+
+
+def test_unreadable_images_are_recorded_and_skipped_on_ray(jobs):
+    _, ray, _ = jobs
+    rows = read_results(ray.out).to_pylist()
+    errors = [r for r in rows if r["status"] == "error"]
+    assert sorted({Path(r["image"]).name for r in errors}) == ["broken.jpg", "truncated.jpg"]
+    assert len(errors) == ray.errors == 2 * len(MODELS) * len(METHODS)
+    assert all(r["error"].startswith("cannot read the image: ") for r in errors)
+    assert sum(r["status"] == "ok" for r in rows) == 7 * len(MODELS) * len(METHODS)
+
+
+def test_ray_finishes_a_job_that_local_mode_began(jobs, same_rows):
+    local, _, mixed = jobs
+    assert mixed.passes == 9 * len(MODELS) - 3  # the 3 images done locally were not redone
+    same_rows(read_results(local.out).to_pylist(), read_results(mixed.out).to_pylist())
+
+
+def test_ray_address_selects_ray_mode_and_a_finished_job_submits_nothing(
+    jobs, image_dir, monkeypatch, capsys
+):
+    _, ray, _ = jobs
+    monkeypatch.setenv("RAY_ADDRESS", "auto")  # the module's session is reused
+    argv = ["batch", str(image_dir), "--models", ",".join(MODELS), "--methods", ",".join(METHODS)]
+    code = main([*argv, "--weights", "random", "--out", str(ray.out), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "0 new rows (0 image x model passes" in out and "ray mode" in out
+
+
+TIMING = ("t_build", "t_inspect", "t_explain", "t_total", "peak_rss_mb")
+
+
+def test_sweep_on_ray_gives_the_local_pool_rows(ray_session, tmp_path):
+    names = ["test_resnet", "test_efficientnet", "test_vit", "test_convnext"]
+    limits = Limits(timeout=120, mem_gb=4, jobs=2)
+    run_sweep(names=names, out=tmp_path / "local.csv", limits=limits, summary=None)
+    run_sweep(names=names, out=tmp_path / "ray.csv", limits=limits, summary=None, use_ray=True)
+    local, ray = read_rows(tmp_path / "local.csv"), read_rows(tmp_path / "ray.csv")
+    assert [r["name"] for r in ray] == sorted(names)
+    assert all(r["grad_cam"] == "ok" for r in ray)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
+    assert strip(ray) == strip(local)
+
+
+def fake_probe(name: str, small: int, dtype: torch.dtype) -> dict:
+    """Runs in the model's process under a Ray worker: 'crash' dies by SIGKILL, others succeed."""
+    if name == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"name": name, "family": "fake", "cam": "ok", "cam_note": ""}
+
+
+def test_sweep_on_ray_reports_a_crash_and_a_model_too_big_for_any_node(ray_session, tmp_path):
+    from cnnviz.sweep.ray_pool import run_on_ray
+    from cnnviz.sweep.runner import Plan
+
+    rows = []
+    plans = [
+        Plan("crash", "float32", 4.0, 60.0, False, 1, need_gb=0.5),
+        Plan("fine", "float32", 4.0, 60.0, False, 1, need_gb=0.5),
+        Plan("huge", "float32", 4.0, 60.0, False, 1, need_gb=10_000.0),
+    ]
+    run_on_ray(plans, 64, fake_probe, ["cam"], rows.append)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["fine"]["cam"] == "ok"
+    assert by_name["crash"]["cam"] == "failed" and "killed by SIGKILL" in by_name["crash"]["error"]
+    assert "more than any Ray node offers" in by_name["huge"]["error"]
