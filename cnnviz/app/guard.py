@@ -17,11 +17,15 @@ Free of Gradio: `cnnviz.app.ui` wires these checks to its components and turns `
 
 from __future__ import annotations
 
+import difflib
 import io
 import logging
+import math
 import os
+import re
 import stat
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -159,3 +163,110 @@ def _read_bounded(path: str | os.PathLike) -> bytes:
     if len(data) > limit:
         raise Refused(f"The file is larger than {MAX_FILE_MB} MB; send a smaller picture.")
     return data
+
+
+# ----------------------------------------------------------------------------- fields
+
+
+MAX_TEXT = 200  # characters in one text value (the longest ImageNet class line is ~120)
+MAX_ITEMS = 32  # values in one list (methods, models)
+ECHO_CHARS = 40  # at most this much of what a visitor sent is quoted back
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def echo(value: object) -> str:
+    """A short quote of a visitor's value: at most `ECHO_CHARS` characters of text, else its type."""
+    if isinstance(value, str):
+        text = value if len(value) <= ECHO_CHARS else value[: ECHO_CHARS - 1] + "…"
+        return repr(_CONTROL.sub("?", text))
+    return f"a value of type {type(value).__name__}"
+
+
+@dataclass(frozen=True)
+class Field:
+    """What one input of an event may hold, checked before Gradio or a handler sees the value.
+
+    Attributes:
+        label: the input's name as a visitor sees it.
+        kind: ``text`` (a string), ``texts`` (a list of strings), ``number`` or ``flag``.
+        choices: the values allowed, or None for free text.
+        low, high: bounds of a number.
+        max_items: most values in a ``texts`` list.
+        optional: whether None (nothing chosen) is allowed.
+    """
+
+    label: str
+    kind: str
+    choices: tuple[object, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    max_items: int = MAX_ITEMS
+    optional: bool = True
+
+    def check(self, value: object) -> None:
+        """Raise `Refused` with a plain sentence unless `value` fits this field."""
+        if value is None:
+            if self.optional:
+                return
+            raise Refused(f"{self.label}: a value is needed.")
+        if self.kind == "flag":
+            if not isinstance(value, bool):
+                raise Refused(f"{self.label}: expected true or false, got {echo(value)}.")
+        elif self.kind == "number":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise Refused(f"{self.label}: expected a number, got {echo(value)}.")
+            low = -math.inf if self.low is None else self.low
+            high = math.inf if self.high is None else self.high
+            if not low <= value <= high:
+                raise Refused(f"{self.label}: {value:g} is outside {low:g} to {high:g}.")
+        elif self.kind == "texts":
+            if not isinstance(value, list):
+                raise Refused(f"{self.label}: expected a list, got {echo(value)}.")
+            if len(value) > self.max_items:
+                raise Refused(f"{self.label}: at most {self.max_items} values, got {len(value)}.")
+            for item in value:
+                self._check_text(item)
+        else:
+            self._check_text(value)
+
+    def _check_text(self, value: object) -> None:
+        if not isinstance(value, str):
+            raise Refused(f"{self.label}: expected text, got {echo(value)}.")
+        text = value
+        if len(text) > MAX_TEXT:
+            raise Refused(f"{self.label}: {echo(text)} is too long (at most {MAX_TEXT} characters).")
+        if _CONTROL.search(text):
+            raise Refused(f"{self.label}: {echo(text)} holds control characters.")
+        if self.choices is not None and value not in self.choices:
+            names = list(dict.fromkeys(c for c in self.choices if isinstance(c, str)))
+            close = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
+            hint = f" Close matches: {', '.join(close)}." if close else ""
+            raise Refused(f"{self.label}: {echo(text)} is not offered here.{hint}")
+
+
+# ----------------------------------------------------------------------------- messages
+
+FAILED = (
+    "Something went wrong on the server while doing this (the details are in its log). "
+    "The app is still running; try another model or picture."
+)
+OUT_OF_MEMORY = (
+    "The server ran out of memory for this request. Try a smaller model or picture; the app is still running."
+)
+MAX_MESSAGE = 400
+_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?(?:/[\w.@+~-]+){2,}/?")
+_ADDRESS = re.compile(r"\s*at 0x[0-9a-fA-F]+")
+
+
+def plain(message: str) -> str:
+    """A library error made fit for a visitor: no server paths, no memory addresses, bounded length."""
+    text = _ADDRESS.sub("", _PATH.sub("(a server path)", message)).strip()
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def failure_message(err: BaseException) -> str:
+    """The one sentence a visitor sees for an unexpected failure (the log has the rest)."""
+    text = str(err).lower()
+    if isinstance(err, MemoryError) or "out of memory" in text or "alloc" in text:
+        return OUT_OF_MEMORY
+    return FAILED

@@ -7,9 +7,11 @@ with a message a visitor can act on; the UI shows it as a `gr.Error`.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from PIL import Image
 
 import cnnviz
 from cnnviz import zoo
-from cnnviz.zoo import hub, packaged
+from cnnviz.zoo import budget, hub, packaged
 from cnnviz.zoo.preprocess import to_rgb
 
 if TYPE_CHECKING:
@@ -55,6 +57,19 @@ def _env_int(env: Mapping[str, str], name: str, default: int, low: int = 1) -> i
     return int(raw)
 
 
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"environment variable {name}={raw!r} must be a number >= 0 (0: no limit)")
+    return value
+
+
 @dataclass(frozen=True)
 class AppSettings:
     """Deployment settings, read once from the environment.
@@ -71,6 +86,10 @@ class AppSettings:
         max_compare: most models in one comparison.
         queue_size: most events waiting in Gradio's queue (CNNVIZ_QUEUE_SIZE).
         concurrency: events that run models at the same time (CNNVIZ_CONCURRENCY).
+        max_model_mb: largest model, in MiB of weights, that a visitor may load; measured on the
+            meta device before building (CNNVIZ_MAX_MODEL_MB; 0: no limit).
+        time_limit_s: seconds after which a request's PyTorch work is stopped
+            (CNNVIZ_TIME_LIMIT_S; 0: no limit).
     """
 
     weights: str
@@ -80,6 +99,8 @@ class AppSettings:
     queue_size: int = 16
     concurrency: int = 1
     hub_weights: bool = True
+    max_model_mb: float = 1500.0
+    time_limit_s: float = 120.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AppSettings:
@@ -99,6 +120,8 @@ class AppSettings:
             queue_size=_env_int(env, "CNNVIZ_QUEUE_SIZE", 16),
             concurrency=_env_int(env, "CNNVIZ_CONCURRENCY", 1),
             hub_weights=hub_weights,
+            max_model_mb=_env_float(env, "CNNVIZ_MAX_MODEL_MB", cls.max_model_mb),
+            time_limit_s=_env_float(env, "CNNVIZ_TIME_LIMIT_S", cls.time_limit_s),
         )
 
 
@@ -130,23 +153,54 @@ class ModelPool:
     """Loads models on first use through the zoo's bounded cache, and hands out one lock per model.
 
     Nothing loads at start-up, so the page opens at once even when weights must be downloaded.
-    Two visitors asking for the same model wait for one load; explaining holds the model's lock,
-    because intermediate-layer hooks live on the module while a call runs.
+    A model's size is checked on the meta device before it is built (`max_mb`, see
+    `cnnviz.zoo.budget`). Two visitors asking for the same model wait for one load (the zoo's cache
+    shares builds); explaining holds the model's lock, because intermediate-layer hooks live on the
+    module while a call runs. Locks live as long as their model, so a name that fails to load
+    leaves nothing behind. Models a request loaded are remembered for that thread until the next
+    `begin`, so that a failed request can take them out of the cache again (`forget_new`).
     """
 
-    def __init__(self, weights: str):
+    def __init__(self, weights: str, max_mb: float | None = None):
         self.weights = weights
-        self._locks: dict[str, threading.Lock] = {}
+        self.max_mb = max_mb
+        self._locks: weakref.WeakKeyDictionary[Model, threading.Lock] = weakref.WeakKeyDictionary()
+        self._known: weakref.WeakSet[Model] = weakref.WeakSet()
         self._guard = threading.Lock()
+        self._request = threading.local()
 
-    def lock(self, name: str) -> threading.Lock:
+    def lock(self, model: Model) -> threading.Lock:
         with self._guard:
-            return self._locks.setdefault(name, threading.Lock())
+            return self._locks.setdefault(model, threading.Lock())
 
     def get(self, name: str) -> tuple[Model, threading.Lock]:
-        with self.lock(f"load:{name}"):
-            model = zoo.load_model(name, weights=self.weights)
-        return model, self.lock(model.name)
+        if self.max_mb:
+            budget.check_size(zoo.resolve_name(name)[0], self.max_mb)
+        model = zoo.load_model(name, weights=self.weights)
+        with self._guard:
+            if model not in self._known:
+                self._known.add(model)
+                self._new_models().append(model)
+        return model, self.lock(model)
+
+    def begin(self) -> None:
+        """A request starts on this thread: forget which models the previous one loaded."""
+        self._request.new = []
+
+    def forget_new(self) -> int:
+        """Take the models this thread's request loaded out of the cache; how many there were."""
+        new, self._request.new = self._new_models(), []
+        for model in new:
+            zoo.evict(model)
+            with self._guard:
+                self._locks.pop(model, None)
+                self._known.discard(model)
+        return len(new)
+
+    def _new_models(self) -> list[Model]:
+        if not hasattr(self._request, "new"):
+            self._request.new = []
+        return self._request.new
 
 
 # ----------------------------------------------------------------------------- choices and parsing

@@ -18,7 +18,7 @@ from PIL import Image
 
 import cnnviz
 from cnnviz import render
-from cnnviz.app import guard, results
+from cnnviz.app import guard, limits, results
 from cnnviz.app import settings as core
 
 log = logging.getLogger(__name__)
@@ -64,24 +64,56 @@ def image_input(gate: guard.FileGate, **kwargs: Any) -> gr.Image:
     return component
 
 
+def field_of(component: Any) -> guard.Field | None:
+    """The bounds of a component's input value, from its own settings (choices, range, kind)."""
+    label = getattr(component, "label", None) or type(component).__name__
+    values = tuple(v for _, v in getattr(component, "choices", None) or [])
+    if isinstance(component, gr.Dropdown):
+        initial = component.value if isinstance(component.value, list) else [component.value]
+        choices = None if component.allow_custom_value else (*values, *initial)
+        return guard.Field(label, "texts" if component.multiselect else "text", choices=choices)
+    if isinstance(component, gr.CheckboxGroup):
+        return guard.Field(label, "texts", choices=values)
+    if isinstance(component, gr.Radio):
+        return guard.Field(label, "text", choices=values)
+    if isinstance(component, gr.Textbox):
+        return guard.Field(label, "text")
+    if isinstance(component, gr.Slider | gr.Number):
+        return guard.Field(label, "number", low=component.minimum, high=component.maximum)
+    if isinstance(component, gr.Checkbox):
+        return guard.Field(label, "flag")
+    return None
+
+
 def guard_inputs(demo: gr.Blocks, gate: guard.FileGate) -> None:
-    """Check every input of every event before Gradio moves, fetches or opens any of it.
+    """Check every input of every event before Gradio moves, fetches, opens or echoes any of it.
 
     File references must resolve inside Gradio's upload cache (`guard.FileGate`): Gradio copies a
     referenced file, or downloads a URL, before any component sees it, and refuses some references
     in its own words (naming the path). Checking the raw request first gives every bad reference
     the same answer, keeps the server from fetching anything, and covers file inputs that later
-    components add. (`Blocks.preprocess_data` is where Gradio 6 turns a request's values into
-    handler arguments, for the queue and for ``/gradio_api/call`` alike.)
+    components add. Text, lists, numbers and flags are bounded by `field_of`: Gradio's own checks
+    quote a wrong value whole (a megabyte string comes back) and list every choice. Every refusal
+    is one plain sentence. (`Blocks.preprocess_data` is where Gradio 6 turns a request's values
+    into handler arguments, for the queue and for ``/gradio_api/call`` alike.)
     """
     original = demo.preprocess_data
 
     async def checked(block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
+        state = args[0] if args else kwargs.get("state")
         try:
             if not isinstance(inputs, list) or len(inputs) < len(block_fn.inputs):
                 raise guard.Refused(f"This request needs {len(block_fn.inputs)} input values.")
-            for payload in inputs:
+            props = set(getattr(block_fn, "component_prop_inputs", None) or ())
+            for i, (block, payload) in enumerate(zip(block_fn.inputs, inputs, strict=False)):
                 guard.check_references(payload, gate)
+                if getattr(block, "stateful", False) or i in props:
+                    continue
+                if state is not None and block._id in state:
+                    block = state[block._id]  # the session's copy, with its updated choices
+                field = field_of(block)
+                if field is not None:
+                    field.check(payload)
         except guard.Refused as err:
             raise gr.Error(str(err), title="Input refused") from None
         return await original(block_fn, inputs, *args, **kwargs)
@@ -90,21 +122,39 @@ def guard_inputs(demo: gr.Blocks, gate: guard.FileGate) -> None:
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Show `ValueError`s as they are, and anything unexpected as a short message (logged in full)."""
+    """Run a handler within the deployment's limits and turn every failure into a plain sentence.
+
+    `ValueError`s (the library's messages, meant for people) are shown with server paths and
+    memory addresses taken out (`guard.plain`); anything unexpected is logged in full and shown as
+    one sentence (`guard.FAILED` or `guard.OUT_OF_MEMORY`). When `fn` is a method of `App`, the
+    request runs under the app's time budget (`limits.time_budget`) and, if it fails, the models
+    it loaded leave the cache again and its traceback's frames are cleared, so that no half-used
+    model outlives the failure.
+    """
+    owner = getattr(fn, "__self__", None)
+    pool = getattr(owner, "pool", None)
+    seconds = getattr(getattr(owner, "settings", None), "time_limit_s", None)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if pool is not None:
+            pool.begin()
         try:
-            return fn(*args, **kwargs)
+            with limits.time_budget(seconds):
+                return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
         except Exception as err:
-            log.exception("cnnviz app: %s failed", fn.__name__)
-            raise gr.Error(
-                f"{type(err).__name__}: {err}. The app is still running; try another model or image."
-            ) from err
+            if isinstance(err, ValueError | limits.TooSlow):
+                log.info("cnnviz app: %s refused: %s", fn.__name__, err)
+                message = guard.plain(str(err))
+            else:
+                log.exception("cnnviz app: %s failed", fn.__name__)
+                message = guard.failure_message(err)
+            if pool is not None:
+                pool.forget_new()
+            limits.release(err)
+            raise gr.Error(message) from None
 
     return wrapper
 
@@ -114,7 +164,7 @@ class App:
 
     def __init__(self, settings: core.AppSettings):
         self.settings = settings
-        self.pool = core.ModelPool(settings.weights)
+        self.pool = core.ModelPool(settings.weights, settings.max_model_mb)
         self.archives = results.ArchiveDir()
         self.gate = guard.FileGate([gr.utils.get_upload_folder()])  # the page's examples are copied there
 

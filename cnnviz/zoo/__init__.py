@@ -58,6 +58,7 @@ __all__ = [
     "clear_cache",
     "configure_cache",
     "curated",
+    "evict",
     "load_model",
     "packaged_models",
     "resolve_device",
@@ -319,6 +320,15 @@ class ModelCache:
         with self._lock:
             self._models.clear()
 
+    def discard(self, model: Model) -> bool:
+        """Drop the entry holding this very `model` object; whether there was one."""
+        with self._lock:
+            for key, cached in list(self._models.items()):
+                if cached is model:
+                    del self._models[key]
+                    return True
+        return False
+
 
 _CACHE = ModelCache(CacheLimits.from_env())
 
@@ -337,6 +347,11 @@ def configure_cache(max_models: int | None = None, max_mb: float | None = None) 
 def clear_cache() -> None:
     """Forget all cached models."""
     _CACHE.clear()
+
+
+def evict(model: Model) -> bool:
+    """Forget one loaded model (e.g. after a request with it failed); whether the cache held it."""
+    return _CACHE.discard(model)
 
 
 def cache_info() -> dict[str, Any]:

@@ -219,3 +219,61 @@ def test_check_references_finds_nested_files(tmp_path):
         deep = [deep]
     with pytest.raises(guard.Refused):
         guard.check_references(deep, gate)
+
+
+# ----------------------------------------------------------------------------- text, lists, numbers
+
+
+def test_text_lists_and_numbers_are_bounded_before_any_work(server):
+    cases = {
+        1: ("x" * 1_000_000, "Model: 'xxxxxxxxx"),
+        2: (["grad_cma"], "Methods: 'grad_cma' is not offered here. Close matches: grad_cam"),
+        3: ({"name": "tabby"}, "Target class: expected text, got a value of type dict"),
+        5: ("jett", "Colormap: 'jett' is not offered here. Close matches: jet"),
+        6: (7.0, "Overlay strength: 7 is outside 0 to 1."),
+    }
+    for index, (value, expected) in cases.items():
+        data = explain_args(None)
+        data[index] = value
+        event, answer = call(server, "explain", data)
+        assert event == "error" and answer["error"].startswith(expected), (index, answer)
+        assert len(answer["error"]) < 200  # a megabyte string is quoted as 40 characters at most
+    for value, expected in [(5, "expected text, got a value of type int"), ("a\x00b", "control characters")]:
+        data = explain_args(None)
+        data[1] = value
+        assert expected in call(server, "explain", data)[1]["error"]
+    event, answer = call(server, "explain", explain_args(None)[:3])
+    assert answer["error"] == "This request needs 7 input values."
+    data = compare_args(None)
+    data[5] = "yes"
+    assert call(server, "compare", data)[1]["error"].endswith("expected true or false, got 'yes'.")
+
+
+def test_many_refused_names_do_not_grow_the_server(server):
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    data = explain_args(None)
+    call(server, "explain", data)
+    before = rss()
+    for i in range(60):
+        data[1] = f"{i:03d}" + "y" * 200_000
+        assert "too long" in call(server, "explain", data)[1]["error"]
+    assert rss() - before < 40 * 2**20  # 60 requests of 200 kB each: nothing of them is kept
+
+
+def test_a_curated_deployment_answers_unknown_names_with_close_matches():
+    from cnnviz.app import ui
+
+    ids = [mid for _, mid in core.model_choices()]
+    strict = core.AppSettings(weights="random", allow_any_model=False, default_model=ids[0])
+    demo = ui.build(strict)
+    dropdowns = [b for b in demo.blocks.values() if getattr(b, "label", "") == "Model"]
+    field = ui.field_of(dropdowns[0])
+    field.check(ids[-1])
+    typo = ids[0].split(".")[0][:-1]  # "resnet5" for "resnet50.a1_in1k"
+    with pytest.raises(guard.Refused) as err:
+        field.check(typo)
+    message = str(err.value)
+    assert message.startswith(f"Model: {typo!r} is not offered here. Close matches: {ids[0]}")
+    assert len(message) < 200 and ids[-1] not in message  # not the list of every id
