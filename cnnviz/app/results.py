@@ -5,10 +5,13 @@ Free of Gradio like `cnnviz.app.settings`; `cnnviz.app.ui` calls these under the
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
+import math
 import os
 import re
+import shutil
 import tempfile
 import time
 import zipfile
@@ -49,17 +52,64 @@ def placeholder(size: tuple[int, int], title: str, reason: str) -> Image.Image:
     return tile
 
 
+ARCHIVE_PREFIX = "cnnviz-app-"
+
+
+def percent(probability: float) -> str:
+    """A probability as the app writes it everywhere: whole percent, rounded half up.
+
+    The predictions panel (Gradio's Label) rounds the same way, so one class never reads "0%"
+    there and "0.1%" in a grid caption.
+    """
+    return f"{math.floor(float(probability) * 100 + 0.5):d}%"
+
+
+def remove_stale_folders(parent: Path, max_age_s: float = 3600.0) -> list[Path]:
+    """Remove the download folders that earlier app processes left in `parent` (after a crash).
+
+    A folder is named ``cnnviz-app-<pid>-<random>``: it is removed when that process no longer
+    runs. A folder without a process id (older versions) is removed once untouched for
+    `max_age_s`. Folders of running apps (other processes, other test sessions) stay.
+    """
+    removed, now = [], time.time()
+    for folder in parent.glob(f"{ARCHIVE_PREFIX}*"):
+        pid = folder.name.removeprefix(ARCHIVE_PREFIX).split("-")[0]
+        try:
+            stale = not _running(int(pid)) if pid.isdigit() else now - folder.stat().st_mtime > max_age_s
+        except OSError:
+            continue
+        if stale and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 class ArchiveDir:
     """Where downloads and pictures are written; files older than an hour are removed on each write.
 
     Pictures go to files of their own rather than to Gradio as PIL images: Gradio names a PIL
     image's cache file by its content and rewrites it in place, so two visitors who get the same
-    picture at once could be served a half-written file. A file path is copied atomically.
+    picture at once could be served a half-written file. A file path is copied atomically. The
+    folder is removed when the process exits, and what crashed processes left is removed when the
+    next one starts (`remove_stale_folders`).
     """
 
     def __init__(self, max_age_s: float = 3600.0):
-        self.path = Path(tempfile.mkdtemp(prefix="cnnviz-app-"))
+        parent = Path(tempfile.gettempdir())
+        remove_stale_folders(parent, max_age_s)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{ARCHIVE_PREFIX}{os.getpid()}-", dir=parent))
         self.max_age_s = max_age_s
+        atexit.register(shutil.rmtree, self.path, ignore_errors=True)
 
     def new_file(self, stem: str, suffix: str) -> Path:
         now = time.time()
@@ -196,7 +246,7 @@ def compare_grid(
         ex, m = row.explanation, row.model
         tidx = int(ex.targets[0])
         prob = float(ex.probabilities[0, tidx])
-        top1 = f"{short_name(m.class_names[tidx])} {prob:.0%} · {weights_tag(m)}"
+        top1 = f"{short_name(m.class_names[tidx])} {percent(prob)} · {weights_tag(m)}"
         for mid in methods:
             label = cnnviz.get_method(mid).label
             if mid in ex.attributions:
@@ -223,7 +273,7 @@ def compare_table(rows: Sequence[CompareRow]) -> str:
         cam = "exact" if m.anatomy.cam_exact else "not exact"
         weights = m.weights_origin
         p = float(ex.probabilities[0, t])
-        lines.append(f"| `{m.name}` | {short_name(m.class_names[t])} | {p:.1%} | {cam} | {weights} |")
+        lines.append(f"| `{m.name}` | {short_name(m.class_names[t])} | {percent(p)} | {cam} | {weights} |")
     return "\n".join(lines)
 
 

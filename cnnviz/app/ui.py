@@ -39,6 +39,7 @@ CSS = """
 """
 PREDICTIONS = "Top-5 predictions"
 IMAGE_SOURCES = ["upload", "clipboard", "webcam"]
+UPLOAD_ONLY = "An image uploaded to this server (gradio_client's handle_file uploads a local file)."
 PROGRESS = gr.Progress()  # Gradio swaps in a tracker per event; a shared default is safe
 MODEL_EVENTS = "cnnviz-models"  # one concurrency group for every event that runs a model
 
@@ -61,6 +62,8 @@ def image_input(gate: guard.FileGate, **kwargs: Any) -> gr.Image:
             raise gr.Error(str(err), title="Image refused") from None
 
     component.preprocess = functools.update_wrapper(checked, component.preprocess)
+    schema = {**component.api_info(), "description": UPLOAD_ONLY}
+    component.api_info = functools.partial(dict, schema)
     return component
 
 
@@ -119,6 +122,20 @@ def guard_inputs(demo: gr.Blocks, gate: guard.FileGate) -> None:
         return await original(block_fn, inputs, *args, **kwargs)
 
     demo.preprocess_data = functools.update_wrapper(checked, original)
+
+
+def describe_free_text(demo: gr.Blocks) -> None:
+    """Document dropdowns that take typed values (a model name, a class, a layer) as strings.
+
+    Gradio describes a dropdown to API users by its current choices, so the target class read as
+    the single literal ``'top-1 (predicted class)'``; such inputs take any text (checked by the
+    handlers), and their API description now says so.
+    """
+    for block in demo.blocks.values():
+        if isinstance(block, gr.Dropdown) and block.allow_custom_value:
+            text = {"type": "string"}
+            schema = {"type": "array", "items": text} if block.multiselect else text
+            block.api_info = functools.partial(dict, schema)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -355,7 +372,7 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
                 predictions = gr.Label(num_top_classes=5, label=PREDICTIONS, elem_id="cnnviz-predictions")
                 with gr.Column():
                     anatomy = gr.Markdown(label="Anatomy", elem_id="cnnviz-anatomy")
-            notes = gr.Markdown()
+            notes = gr.Markdown(label="Method notes")
             download = gr.File(label="Download: raw maps (.npy), images (.png), meta.json")
     top_state = gr.State([])
 
@@ -422,7 +439,7 @@ def _compare_tab(app: App, banner: gr.Markdown) -> None:
             grid = gr.Image(
                 label="Models × methods", type="pil", format="png", interactive=False, elem_id="cnnviz-grid"
             )
-            table = gr.Markdown()
+            table = gr.Markdown(label="Top-1 per model")
             download = gr.File(label="Download: raw maps (.npy), cells (.png), meta.json")
     run.click(
         user_errors(app.compare),
@@ -453,12 +470,14 @@ def build(settings: core.AppSettings | None = None) -> gr.Blocks:
         with gr.Tab("Support", id="support"):
             gr.Markdown(core.support_markdown())
     guard_inputs(demo, app.gate)
+    describe_free_text(demo)
     demo.queue(max_size=app.settings.queue_size, default_concurrency_limit=app.settings.concurrency)
     return demo
 
 
 def launch(demo: gr.Blocks, **kwargs: Any) -> None:
     """Start the server: 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise."""
+    kwargs.setdefault("max_file_size", f"{guard.MAX_FILE_MB}mb")  # uploads larger than this: HTTP 413
     demo.launch(theme=theme(), css=CSS, show_error=True, **kwargs)
 
 

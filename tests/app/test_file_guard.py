@@ -277,3 +277,11 @@ def test_a_curated_deployment_answers_unknown_names_with_close_matches():
     message = str(err.value)
     assert message.startswith(f"Model: {typo!r} is not offered here. Close matches: {ids[0]}")
     assert len(message) < 200 and ids[-1] not in message  # not the list of every id
+
+
+def test_uploads_larger_than_the_limit_are_refused(server, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"\x00" * (guard.MAX_FILE_MB * 2**20 + 1))
+    with big.open("rb") as fh:
+        response = requests.post(f"{server}/gradio_api/upload", files={"files": (big.name, fh)}, timeout=60)
+    assert response.status_code == 413

@@ -1,0 +1,59 @@
+"""What an API user and a returning operator see: named, typed endpoints; one number format; no litter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cnnviz.app import results, ui
+from cnnviz.app import settings as core
+
+SETTINGS = core.AppSettings(weights="random", allow_any_model=True, default_model="test_resnet")
+
+
+def test_every_api_input_and_output_is_named_and_typed():
+    info = ui.build(SETTINGS).get_api_info()["named_endpoints"]
+    for name in ("/explain", "/compare"):
+        labels = [r["label"] for r in info[name]["returns"]] + [p["label"] for p in info[name]["parameters"]]
+        assert all(label and not label.startswith("value_") for label in labels), (name, labels)
+        image = info[name]["parameters"][0]
+        assert image["type"]["description"] == ui.UPLOAD_ONLY
+    types = {p["parameter_name"]: p["python_type"]["type"] for p in info["/explain"]["parameters"]}
+    assert types["model_name"] == types["target"] == types["layer"] == "str"  # typed text, not one literal
+    assert types["alpha"] == "float" and types["methods"].startswith("list[Literal['cam'")
+    compare = {p["parameter_name"]: p["python_type"]["type"] for p in info["/compare"]["parameters"]}
+    assert compare["models"] == "list[str]" and compare["shared_scale"] == "bool"
+
+
+def test_one_percent_rule():
+    assert [results.percent(p) for p in (0.001, 0.005, 0.0149, 0.125, 0.995, 1.0)] == [
+        "0%", "1%", "1%", "13%", "100%", "100%",
+    ]  # fmt: skip
+
+
+def test_folders_left_by_crashed_runs_are_removed_at_start(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    parent = Path(tempfile.gettempdir())
+    crashed = parent / f"{results.ARCHIVE_PREFIX}{int(dead.stdout)}-test"
+    mine = parent / f"{results.ARCHIVE_PREFIX}{os.getpid()}-test"
+    old_style = parent / f"{results.ARCHIVE_PREFIX}oldtest"
+    fresh_style = parent / f"{results.ARCHIVE_PREFIX}newtest"
+    for folder in (crashed, mine, old_style, fresh_style):
+        folder.mkdir(exist_ok=True)
+        (folder / "cnnviz-x.zip").write_bytes(b"x" * 1000)
+    os.utime(old_style, (time.time() - 7200, time.time() - 7200))
+    try:
+        archives = results.ArchiveDir()
+        assert not crashed.exists() and not old_style.exists()
+        assert mine.exists() and fresh_style.exists() and archives.path.exists()
+        assert archives.path.name.startswith(f"{results.ARCHIVE_PREFIX}{os.getpid()}-")
+    finally:
+        for folder in (crashed, mine, old_style, fresh_style):
+            for f in folder.glob("*"):
+                f.unlink()
+            if folder.exists():
+                folder.rmdir()
