@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-RULES = ("plain", "guided", "deconv")
+RULES: dict[str, str] = {
+    "plain": "the ordinary gradient (autograd's own backward of every activation)",
+    "guided": "guided backpropagation: at every rectifying activation, the local derivative times "
+    "the positive part of the incoming gradient (Springenberg et al. 2014)",
+    "deconv": "the deconvnet rule: at every rectifying activation, the positive part of the "
+    "incoming gradient, whatever the input (Zeiler & Fergus 2014)",
+}
+"""The backward rules, by name: the only list (methods ask for input gradients under these)."""
 
 # The rectifier-like activations whose backward rule guided backprop and deconvnet change.
 # kind -> (pure out-of-place function, names of its arguments after the input)
@@ -154,67 +161,80 @@ class _SwitchableActivation(torch.autograd.Function):
 
 _BATCH_NORM_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
 
-# id(running_var) -> (weak reference to it, what alpha and beta came from, alpha, beta); an entry
-# goes when its tensor does. Keyed by identity: tensors compare by value.
-_AFFINE_CACHE: dict[int, tuple] = {}
+# id(running_var) -> (weak reference to it, what alpha came from, alpha); an entry goes when its
+# tensor does. Keyed by identity: tensors compare by value.
+_ALPHA_CACHE: dict[int, tuple] = {}
 
 
 def _forget(key: int) -> Callable[[weakref.ref], None]:
-    return lambda _ref: _AFFINE_CACHE.pop(key, None)
+    return lambda _ref: _ALPHA_CACHE.pop(key, None)
 
 
-def _frozen_affine(mean, var, weight, bias, eps: float, like: torch.Tensor):
-    """Per-channel ``(alpha, beta)`` of an eval-mode batch norm, shaped to broadcast over `like`."""
+def _frozen_alpha(var, weight, eps: float, like: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``alpha = weight / sqrt(var + eps)`` of an eval-mode batch norm, shaped to
+    broadcast over `like`; cached per module until one of its tensors changes."""
     made_from = (
-        *((id(t), t._version, t.data_ptr()) if t is not None else None for t in (mean, var, weight, bias)),
+        *((id(t), t._version, t.data_ptr()) if t is not None else None for t in (var, weight)),
         eps,
         like.dtype,
         like.device,
         like.dim(),
     )
-    hit = _AFFINE_CACHE.get(id(var))
+    hit = _ALPHA_CACHE.get(id(var))
     if hit is not None and hit[0]() is var and hit[1] == made_from:
-        return hit[2], hit[3]
+        return hit[2]
     acc = torch.promote_types(var.dtype, torch.float32)  # float32 at least, float64 stays
     with torch.no_grad():
         alpha = torch.rsqrt(var.to(acc) + eps)
         if weight is not None:
             alpha = alpha * weight.to(acc)
-        beta = -mean.to(acc) * alpha
-        if bias is not None:
-            beta = beta + bias.to(acc)
-        shape = (-1, *([1] * (like.dim() - 2)))
-        alpha = alpha.to(like.dtype).reshape(shape)
-        beta = beta.to(like.dtype).reshape(shape)
-    _AFFINE_CACHE[id(var)] = (weakref.ref(var, _forget(id(var))), made_from, alpha, beta)
-    return alpha, beta
+        alpha = alpha.to(like.dtype).reshape(-1, *([1] * (like.dim() - 2)))
+    _ALPHA_CACHE[id(var)] = (weakref.ref(var, _forget(id(var))), made_from, alpha)
+    return alpha
 
 
-def _frozen_batch_norm(args, kwargs) -> torch.Tensor | None:
-    """`F.batch_norm` with running statistics as ``x * alpha_c + beta_c`` (else None).
+class _FrozenBatchNorm(torch.autograd.Function):
+    """Eval-mode batch norm: torch's own kernel forward, a one-multiply input-gradient backward.
 
-    In eval mode batch normalization is a fixed affine map per channel; torch's CPU kernel
-    computes it in just this form (``alpha = weight / sqrt(var + eps)``, ``beta = bias -
-    mean * alpha``). Written as a multiply and an add, its input gradient is a single multiply
-    in autograd's C++ engine, where autograd's batch-norm backward also works out the
-    statistics' terms at several times the cost. No gradient reaches the statistics or the
-    affine parameters: the passes this serves only ask for gradients of the input and of
-    intermediate maps.
-    ``(alpha, beta)`` are cached per module until one of its tensors changes.
+    The forward is the very call the model made (the same kernel, so the same bits as the
+    model's own forward; ``x * alpha + beta`` rounds differently in float32, and ReLUs sitting
+    near zero then switch, so that a method's result would depend on which other methods share
+    the call). The backward is ``grad_out * alpha``: no gradient reaches the statistics or the
+    affine parameters (the passes ask only for gradients of the input and of maps), and none of
+    autograd's batch-norm backward work for them is done.
     """
-    if len(args) == 8 and not kwargs:  # how torch and timm call it
-        x, mean, var, weight, bias, training, _, eps = args
+
+    @staticmethod
+    def forward(ctx, x, kernel, alpha):
+        ctx.alpha = alpha
+        return kernel(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return grad_out * ctx.alpha, None, None
+
+
+def _frozen_batch_norm(func, args, kwargs) -> torch.Tensor | None:
+    """`F.batch_norm` with running statistics through `_FrozenBatchNorm` (else None)."""
+    if len(args) == 8 and not kwargs:  # how torch calls it
+        x, _, var, weight, _, training, _, eps = args
+        rest = args[1:]
     else:
         bound = dict(zip(_BATCH_NORM_ARGS, args, strict=False)) | kwargs
-        x, mean, var = bound.get("input"), bound.get("running_mean"), bound.get("running_var")
-        weight, bias = bound.get("weight"), bound.get("bias")
+        x, var, weight = bound.get("input"), bound.get("running_var"), bound.get("weight")
         training, eps = bound.get("training", False), bound.get("eps", 1e-5)
-    if training or mean is None or var is None or not isinstance(x, torch.Tensor) or x.dim() < 2:
+        if bound.get("running_mean") is None:
+            return None
+        bound.pop("input", None)
+        rest = bound
+    if training or var is None or not isinstance(x, torch.Tensor) or x.dim() < 2:
         return None
     if not (torch.is_grad_enabled() and x.requires_grad):
         return None
-    alpha, beta = _frozen_affine(mean, var, weight, bias, eps, x)
-    return (x * alpha).add_(beta)  # faster than addcmul, whose broadcasting path is slow on CPU
+    alpha = _frozen_alpha(var, weight, eps, x)
+    if isinstance(rest, dict):
+        return _FrozenBatchNorm.apply(x, lambda t: func(t, **rest), alpha)
+    return _FrozenBatchNorm.apply(x, lambda t: func(t, *rest), alpha)
 
 
 class ActivationRules(TorchFunctionMode):
@@ -223,7 +243,7 @@ class ActivationRules(TorchFunctionMode):
     Use as a context manager around one forward pass, then set ``.rule`` before each backward.
     In-place activations are computed out of place so that autograd can keep their input.
     Switchable mode also gives batch normalization with running statistics its one-multiply
-    input gradient (`_frozen_batch_norm`).
+    input gradient, with the model's own forward kernel (`_FrozenBatchNorm`).
     """
 
     def __init__(self, switchable: bool = False) -> None:
@@ -247,7 +267,7 @@ class ActivationRules(TorchFunctionMode):
         kind = _TABLE.get(func)
         if kind is None:
             if func is F.batch_norm and self.switchable:
-                out = _frozen_batch_norm(args, kwargs)
+                out = _frozen_batch_norm(func, args, kwargs)
                 if out is not None:
                     return out
             return func(*args, **kwargs)
