@@ -175,12 +175,17 @@ def explain_one(
     cmap: str,
     alpha: float,
     archive: Path,
+    params: Mapping[str, Mapping[str, object]] | None = None,
 ) -> ExplainResult:
-    """Run the chosen methods on one image and render one overlay per method (refused ones as tiles)."""
+    """Run the chosen methods on one image and render one overlay per method (refused ones as tiles).
+
+    `params`: method id -> parameter values (checked by the registry before any work)."""
     if not methods:
         raise ValueError("choose at least one method")
     view = model.model_view(image)
-    ex = model.explain(model.preprocess(image), list(methods), target=target, layer=layer, strict=False)
+    ex = model.explain(
+        model.preprocess(image), list(methods), target=target, layer=layer, strict=False, params=params
+    )
     tidx = int(ex.targets[0])
     tname = model.class_names[tidx]
     caption_name = short_name(tname)

@@ -34,7 +34,6 @@ EXAMPLES_DIR = ROOT / "examples"
 SUPPORT_SUMMARY = ROOT / "support" / "summary.md"
 TOP1 = "top-1 (predicted class)"
 FINAL = "final map (default)"
-PREFERRED_METHODS = ("cam", "grad_cam", "guided_backprop")
 MAX_IMAGE_SIDE = 2048  # larger uploads are shrunk first: the model sees ~224 px anyway
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
@@ -234,6 +233,24 @@ def resolve_model(name: str | None, settings: AppSettings) -> str:
     )
 
 
+def param_values(values: Sequence[object]) -> dict[str, dict[str, object]]:
+    """The parameter components' values (in `param_specs()` order) as `cnnviz.explain`'s params."""
+    specs = param_specs()
+    if len(values) != len(specs):
+        raise ValueError(f"expected {len(specs)} method parameter values, got {len(values)}")
+    out: dict[str, dict[str, object]] = {}
+    for (mid, p), value in zip(specs, values, strict=True):
+        if value is None or value == "":
+            continue
+        out.setdefault(mid, {})[p.name] = value
+    return out
+
+
+def param_specs() -> list[tuple[str, cnnviz.methods.Param]]:
+    """(method id, parameter) for every method parameter of the registry, in display order."""
+    return [(m.id, p) for m in cnnviz.list_methods() for p in m.params]
+
+
 def method_status(anatomy: Anatomy, layer: str | None) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """Every method as a (label, id) choice, flagged "n/a" where it does not apply; id -> reason.
 
@@ -256,7 +273,8 @@ def kept_methods(selected: Sequence[str] | None, refused: Mapping[str, str]) -> 
 
 
 def default_methods(usable_ids: Sequence[str]) -> list[str]:
-    picked = [m for m in PREFERRED_METHODS if m in usable_ids]
+    """The registry's preferred methods among `usable_ids` (else the first two)."""
+    picked = [m for m in cnnviz.methods.preferred_ids() if m in usable_ids]
     return picked or list(usable_ids[:2])
 
 
@@ -453,6 +471,8 @@ def methods_markdown() -> str:
             f"### {m.label} (`{m.id}`)\n\n{m.summary}\n\n$$\n{m.formula.strip()}\n$$\n\n"
             f"- **Paper**: [{m.paper}]({m.url})\n- **Family**: {m.family}\n- **Cost**: {m.cost}\n"
             f"- **Requires**: {'; '.join(m.requires) or 'nothing beyond a differentiable model'}\n"
+            + (f"- **Where it misleads**: {m.warning}\n" if m.warning else "")
+            + "".join(f"- **Parameter** `{p.name}`: {p.describe().split(': ', 1)[1]}\n" for p in m.params)
         )
     return "\n---\n\n".join(parts)
 

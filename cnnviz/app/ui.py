@@ -227,10 +227,17 @@ class App:
         layer: str,
         colormap: str,
         alpha: float,
+        *param_values: Any,
         progress=PROGRESS,
     ):
-        """Explain one image: top-5 predictions, one overlay per method, the anatomy and a zip."""
+        """Explain one image: top-5 predictions, one overlay per method, the anatomy and a zip.
+
+        `param_values`: the method parameter components' values, in `core.param_specs()` order
+        (absent: every parameter at its default)."""
         picture = core.prepare_image(image)
+        chosen = [cnnviz.get_method(m).id for m in methods or []]
+        params = core.param_values(param_values) if param_values else {}
+        params = {mid: values for mid, values in params.items() if mid in chosen}
         model, lock = self.model(model_name, progress)
         if colormap not in render.COLORMAPS:
             raise ValueError(f"colormap {colormap!r} is not one of {', '.join(render.COLORMAPS)}")
@@ -241,12 +248,13 @@ class App:
             result = results.explain_one(
                 model,
                 picture,
-                [cnnviz.get_method(m).id for m in methods or []],
+                chosen,
                 target_idx,
                 layer_name,
                 colormap,
                 float(alpha),
                 self.archives.new_zip(f"cnnviz-{model.name}"),
+                params=params,
             )
         return (
             results.label_dict(result.top),
@@ -359,6 +367,7 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
                 )
                 colormap = gr.Dropdown(list(render.COLORMAPS), value=render.COLORMAPS[0], label="Colormap")
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay strength")
+            param_inputs = _param_accordions()
             run = gr.Button("Explain", variant="primary", elem_id="cnnviz-explain")
         with gr.Column(scale=3, min_width=360):
             gallery = gr.Gallery(
@@ -393,7 +402,7 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
         api_visibility="undocumented",
     )
 
-    explain_inputs = [image, model, method_box, target, layer, colormap, alpha]
+    explain_inputs = [image, model, method_box, target, layer, colormap, alpha, *param_inputs]
     explain_outputs = [predictions, gallery, anatomy, notes, download, top_state]
 
     def then_explain(event: Any, **kwargs: Any) -> None:
@@ -417,6 +426,38 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
     )
 
 
+def _param_component(method: cnnviz.Method, p: cnnviz.methods.Param) -> gr.components.Component:
+    """One input for a method parameter, typed and bounded as the registry declares it."""
+    label, info = p.name, p.help
+    elem_id = f"cnnviz-param-{method.id}-{p.name}"
+    if p.choices:
+        return gr.Dropdown(list(p.choices), value=p.default, label=label, info=info, elem_id=elem_id)
+    if isinstance(p.default, bool):
+        return gr.Checkbox(value=p.default, label=label, info=info, elem_id=elem_id)
+    return gr.Number(
+        value=p.default,
+        label=label,
+        info=info,
+        minimum=p.low,
+        maximum=p.high,
+        precision=0 if isinstance(p.default, int) else None,
+        elem_id=elem_id,
+    )
+
+
+def _param_accordions() -> list[gr.components.Component]:
+    """An accordion per method that has parameters (from the registry), closed; their inputs in
+    `core.param_specs()` order."""
+    inputs = []
+    with gr.Accordion("Method parameters", open=False, elem_id="cnnviz-params"):
+        for method in cnnviz.list_methods():
+            if not method.params:
+                continue
+            with gr.Accordion(method.label, open=False):
+                inputs += [_param_component(method, p) for p in method.params]
+    return inputs
+
+
 def _compare_tab(app: App, banner: gr.Markdown) -> None:
     default_models = core.compare_defaults(app.settings.default_model)
     with gr.Row(equal_height=False):
@@ -426,7 +467,7 @@ def _compare_tab(app: App, banner: gr.Markdown) -> None:
             models = _model_dropdown(app, f"Models (up to {app.settings.max_compare})", True, default_models)
             methods = gr.CheckboxGroup(
                 [(m.label, m.id) for m in cnnviz.list_methods()],
-                value=["cam", "grad_cam", "guided_backprop"],
+                value=core.default_methods([m.id for m in cnnviz.list_methods()]),
                 label="Methods",
                 info="A method that does not apply to a model shows a grey tile with the reason",
             )

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 import cnnviz
 from cnnviz import render, zoo
 
-from .util import UsageError, fail, load, parse_methods
+from .util import UsageError, fail, load, params_help, parse_methods, parse_params
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 RANDOM_WEIGHTS_NOTE = (
@@ -43,6 +43,13 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
         "--model", required=True, metavar="NAME", help="a curated id (cnnviz models) or any timm name"
     )
     p.add_argument("--methods", default="all", help=f"comma-separated, from: {ids}; or 'all' (default)")
+    p.add_argument(
+        "--param",
+        action="append",
+        metavar="[METHOD.]NAME=VALUE",
+        help="a method parameter (repeatable); a bare NAME sets it for every chosen method that has "
+        f"it. Parameters: {params_help()}",
+    )
     p.add_argument(
         "--target", type=int, metavar="N", help="class index to explain (default: each image's top-1)"
     )
@@ -112,6 +119,7 @@ def _out_dirs(images: list[Path], out: Path) -> list[Path]:
 def run_explain(args: argparse.Namespace) -> int:
 
     methods = parse_methods(args.methods)
+    params = parse_params(args.param, methods)
     images = expand_images(args.images)
     model = load(args.model, args.weights, args.device)
     if model.random_weights:
@@ -136,7 +144,9 @@ def run_explain(args: argparse.Namespace) -> int:
             bar.write(f"cnnviz explain: error: {image_path}: cannot read the image ({exc})", file=sys.stderr)
             continue
         try:
-            ex = model.explain(image, methods=methods, target=args.target, layer=args.layer, strict=False)
+            ex = model.explain(
+                image, methods=methods, target=args.target, layer=args.layer, strict=False, params=params
+            )
         except ValueError as exc:  # a wrong --target or --layer: the same for every image
             raise UsageError(str(exc)) from None
         if not reported:
@@ -160,6 +170,10 @@ def write_outputs(
     view = model.model_view(image)
     view.save(out_dir / "input.png")
     entries: dict[str, dict] = {}
+    requested = [cnnviz.get_method(m) for m in [*ex.attributions, *ex.refused]]
+    bound = cnnviz.methods.resolve_params(
+        requested, parse_params(getattr(args, "param", None), [m.id for m in requested])
+    )
     for mid, att in ex.attributions.items():
         render.attribution_image(att, 0, view, cmap=args.cmap, alpha=args.alpha).save(out_dir / f"{mid}.png")
         np.save(out_dir / f"{mid}.npy", att.raw[0].cpu().numpy().astype(np.float32))
@@ -171,6 +185,7 @@ def write_outputs(
             "overlay": f"{mid}.png",
             "raw": f"{mid}.npy",
             "raw_shape": list(att.raw.shape[1:]),
+            "params": dict(bound[mid]),
         }
         if att.offset is not None:
             entries[mid]["offset"] = float(att.offset[0])

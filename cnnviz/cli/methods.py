@@ -20,5 +20,9 @@ def run_methods(args: argparse.Namespace) -> int:
         print(f"{m.id}  [{m.family}]  {m.label}")
         print(f"    {m.summary}")
         print(f"    cost: {m.cost}; requires: {', '.join(m.requires)}")
+        if m.warning:
+            print(f"    misleads: {m.warning}")
+        for p in m.params:
+            print(f"    --param {m.id}.{p.describe()}")
         print(f"    {m.paper}  {m.url}")
     return 0

@@ -41,6 +41,33 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def parse_params(items: Sequence[str] | None, methods: Sequence[str]) -> dict[str, object]:
+    """``--param`` values (``NAME=VALUE`` or ``METHOD.NAME=VALUE``) as `cnnviz.explain`'s `params`,
+    checked against the registry for the chosen `methods`.
+
+    Raises:
+        UsageError: a malformed item, an unknown method or parameter, or a value out of range.
+    """
+    params: dict[str, object] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not value.strip():
+            raise UsageError(f"--param: expected NAME=VALUE or METHOD.NAME=VALUE, got {item[:80]!r}")
+        params[key] = value.strip()
+    try:
+        cnnviz.methods.resolve_params([cnnviz.get_method(m) for m in methods], params)
+    except ValueError as exc:
+        raise UsageError(f"--param: {exc}") from None
+    return params
+
+
+def params_help() -> str:
+    """Every method parameter, for the help text (from the registry)."""
+    lines = [f"{m.id}.{p.describe()}" for m in cnnviz.list_methods() for p in m.params]
+    return "; ".join(lines) or "no method has parameters"
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

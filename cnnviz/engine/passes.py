@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -13,9 +13,55 @@ from torch import nn
 from .anatomy import Inspection
 from .capture import Members, capture_outputs, model_guard
 from .layout import FINAL, MapSpec, infer_spec, param_like
-from .rules import ActivationRules, describe_rules
+from .rules import RULES, ActivationRules, describe_rules
 
 TargetArg = int | Sequence[int] | torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method reads from the shared passes.
+
+    Attributes:
+        map: the feature map at the chosen layer, canonical (B, C, h, w).
+        map_grad: d score / d map, plain rule (implies `map`).
+        rules: backward rules (names in `RULES`) whose input gradient d score / d x it reads.
+    """
+
+    map: bool = False
+    map_grad: bool = False
+    rules: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.rules) - set(RULES)
+        if unknown:
+            raise ValueError(f"unknown backward rules {sorted(unknown)}; known: {', '.join(RULES)}")
+        if self.map_grad and not self.map:
+            object.__setattr__(self, "map", True)
+        object.__setattr__(self, "rules", frozenset(self.rules))
+
+    @classmethod
+    def parse(cls, products: Iterable[str]) -> Needs:
+        """From product names: ``"map"``, ``"map_grad"``, ``"grad:<rule>"``."""
+        products = set(products)
+        rules = {p.split(":", 1)[1] for p in products if p.startswith("grad:")}
+        unknown = products - {"map", "map_grad"} - {f"grad:{r}" for r in rules}
+        if unknown or set(rules) - set(RULES):
+            raise ValueError(
+                f"unknown products {sorted(unknown | {f'grad:{r}' for r in set(rules) - set(RULES)})}; "
+                f"known: {', '.join(products_known())}"
+            )
+        return cls("map" in products, "map_grad" in products, frozenset(rules))
+
+    def __or__(self, other: Needs) -> Needs:
+        return Needs(self.map or other.map, self.map_grad or other.map_grad, self.rules | other.rules)
+
+    def __bool__(self) -> bool:
+        return self.map or self.map_grad or bool(self.rules)
+
+
+def products_known() -> tuple[str, ...]:
+    return ("map", "map_grad", *(f"grad:{r}" for r in RULES))
 
 
 @dataclass
@@ -90,14 +136,13 @@ def resolve_targets(target: TargetArg, logits: torch.Tensor) -> torch.Tensor:
 class _Plan:
     """Which passes the requested methods need."""
 
-    rules: tuple[str, ...]  # backward rules whose input gradient is needed
+    rules: tuple[str, ...]  # backward rules whose input gradient is needed, in RULES' order
     need_map: bool
     need_map_grad: bool
 
     @classmethod
-    def of(cls, needs: frozenset[str]) -> _Plan:
-        rules = tuple(r for r in ("plain", "guided", "deconv") if f"grad:{r}" in needs)
-        return cls(rules, "map" in needs or "map_grad" in needs, "map_grad" in needs)
+    def of(cls, needs: Needs) -> _Plan:
+        return cls(tuple(r for r in RULES if r in needs.rules), needs.map, needs.map_grad)
 
     @property
     def switchable(self) -> bool:
@@ -117,7 +162,7 @@ def run_passes(
     model: nn.Module,
     found: Members,
     x: torch.Tensor,
-    needs: frozenset[str],
+    needs: Needs,
     target: TargetArg,
     layer: str,
     insp: Inspection,
@@ -186,3 +231,90 @@ def _map_at(model: nn.Module, feats, cap, layer: str, hw: tuple[int, int]) -> tu
             "(NCHW, NHWC or tokens on a grid); choose one of the anatomy's stages"
         )
     return native, spec
+
+
+class Runner:
+    """The narrow handle through which a method runs the model itself, batched.
+
+    A method gets one in `compute`; everything it runs stays inside the `explain` call's state
+    guard (eval mode, hooks removed afterwards, no parameter ``.grad``). Two operations:
+
+    * `forward`: logits of many inputs (Score-CAM's masked copies), no graph, in batches;
+    * `passes`: the same shared passes `explain` runs, on other inputs (SmoothGrad's noisy
+      copies, Integrated Gradients' path points): the map, its gradient and input gradients under
+      any rule, for explicit targets, in batches, concatenated.
+
+    `forwards` counts the samples it pushed through the model.
+    """
+
+    def __init__(self, model: nn.Module, found: Members, insp: Inspection, passes: Passes):
+        self._model = model
+        self._found = found
+        self._insp = insp
+        self.layer = passes.layer
+        self.x = passes.x
+        self.targets = passes.targets
+        self.logits = passes.logits
+        self.forwards = 0
+
+    def forward(self, xs: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 32) -> torch.Tensor:
+        """Logits (N, K) of `xs`: one tensor (cut into batches of `batch_size`) or an iterable of
+        batches (made lazily by the caller, so that N inputs never sit in memory at once)."""
+        batches = _chunks(xs, batch_size) if isinstance(xs, torch.Tensor) else xs
+        like = param_like(self._model)
+        out = []
+        with torch.inference_mode():
+            for batch in batches:
+                out.append(self._model(batch.to(*like)).float())
+                self.forwards += batch.shape[0]
+        if not out:
+            return self.logits.new_zeros((0, self.logits.shape[1]))
+        return torch.cat(out)
+
+    def passes(self, xs: torch.Tensor, targets: torch.Tensor, needs: Needs, batch_size: int = 32) -> Passes:
+        """The shared passes on `xs` (N, 3, H, W) for `targets` (N,), in batches, concatenated."""
+        if xs.shape[0] != targets.shape[0]:
+            raise ValueError(f"{xs.shape[0]} inputs but {targets.shape[0]} targets")
+        parts = []
+        for start in range(0, xs.shape[0], batch_size):
+            part = run_passes(
+                self._model,
+                self._found,
+                xs[start : start + batch_size],
+                needs,
+                targets[start : start + batch_size],
+                self.layer,
+                self._insp,
+            )
+            parts.append(part)
+            self.forwards += part.x.shape[0]
+        return _concat(parts)
+
+
+def _chunks(xs: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, xs.shape[0], size):
+        yield xs[start : start + size]
+
+
+def _concat(parts: list[Passes]) -> Passes:
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+
+    def cat(get):
+        values = [get(p) for p in parts]
+        return None if values[0] is None else torch.cat(values)
+
+    return Passes(
+        x=cat(lambda p: p.x),
+        logits=cat(lambda p: p.logits),
+        targets=cat(lambda p: p.targets),
+        layer=first.layer,
+        map=cat(lambda p: p.map),
+        map_grad=cat(lambda p: p.map_grad),
+        input_grads={r: torch.cat([p.input_grads[r] for p in parts]) for r in first.input_grads},
+        rule_notes=first.rule_notes,
+        fold=first.fold,
+        layer_notes=first.layer_notes,
+        kinds=first.kinds,
+    )

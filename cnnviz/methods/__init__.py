@@ -1,6 +1,32 @@
-"""Attribution methods; importing this package fills the registry."""
+"""Attribution methods; importing this package fills the registry (one module per method family)."""
 
 from . import cam, composite, gradient  # noqa: F401  (registration side effect)
-from .registry import Method, get_method, list_methods, method_ids, register_method, resolve_methods
+from .registry import (
+    Method,
+    Param,
+    Params,
+    Result,
+    get_method,
+    list_methods,
+    list_rules,
+    method_ids,
+    preferred_ids,
+    register_method,
+    resolve_methods,
+    resolve_params,
+)
 
-__all__ = ["Method", "get_method", "list_methods", "method_ids", "register_method", "resolve_methods"]
+__all__ = [
+    "Method",
+    "Param",
+    "Params",
+    "Result",
+    "get_method",
+    "list_methods",
+    "list_rules",
+    "method_ids",
+    "preferred_ids",
+    "register_method",
+    "resolve_methods",
+    "resolve_params",
+]

@@ -1,15 +1,15 @@
-"""CAM-family methods: (B, h, w) maps at a layer's resolution."""
+"""CAM and Grad-CAM: (B, h, w) maps at a layer's resolution; the helpers their relatives share."""
 
 from __future__ import annotations
 
 import torch
 
-from ..engine.passes import Passes
+from ..engine.passes import Passes, Runner
 from ..types import Anatomy
-from .registry import register_method
+from .registry import Evidence, Params, Result, Verdict, register_method
 
 
-def _cam_check(anatomy: Anatomy, layer_is_final: bool) -> str | None:
+def cam_check(anatomy: Anatomy, layer_is_final: bool, params: Params) -> str | None:
     if not anatomy.cam_exact:
         return anatomy.cam_reason
     if not layer_is_final:
@@ -19,10 +19,30 @@ def _cam_check(anatomy: Anatomy, layer_is_final: bool) -> str | None:
     return None
 
 
-def _grad_cam_check(anatomy: Anatomy, layer_is_final: bool) -> str | None:
+def grad_cam_check(anatomy: Anatomy, layer_is_final: bool, params: Params) -> str | None:
+    """What every method that differentiates the class score needs: a classifier."""
     if anatomy.num_classes == 0:
         return "the model has no classifier (num_classes=0): there is no class score to differentiate"
     return None
+
+
+def _verify_cam(ev: Evidence) -> Verdict:
+    """Zhou et al.'s identity ``mean_xy CAM + offset == logit[target]``, relative to the largest
+    |logit| of the sample."""
+    att, ex = ev.attribution, ev.explanation
+    if att.offset is None:
+        return Verdict("check: cam returned no offset")
+    logits = ex.logits.double()
+    target_logit = logits.gather(1, ex.targets[:, None].to(logits.device))[:, 0]
+    lhs = att.raw.double().mean((-2, -1)) + att.offset.double()
+    scale = logits.abs().amax(1).clamp_min(1e-30)
+    err = float(((lhs - target_logit).abs() / scale).max())
+    measures = {"cam_err": f"{err:.1e}"}
+    if err > ev.tol:
+        return Verdict(
+            f"check: mean(CAM) + offset != logit (relative error {err:.1e} > {ev.tol:.0e})", measures
+        )
+    return Verdict("", measures)
 
 
 @register_method(
@@ -36,12 +56,16 @@ def _grad_cam_check(anatomy: Anatomy, layer_is_final: bool) -> str | None:
     summary="The class score written as a sum over positions: exact, signed, needs no gradient. Only "
     "defined where the head is global average pooling followed by an affine map (after folding "
     "BatchNorm, distillation pairs, or a LayerNorm's per-image scale).",
+    warning="at the final map's coarse resolution (7x7 at 224 px on most CNNs) it localizes only roughly",
     cost="1 forward (no backward)",
     requires=("a head that is affine in the spatial mean of the final map (checked numerically)",),
     needs={"map"},
-    check=_cam_check,
+    check=cam_check,
+    verify=_verify_cam,
+    measures=("cam_err",),
+    preferred=True,
 )
-def cam(passes: Passes):
+def cam(passes: Passes, params: Params, runner: Runner) -> Result:
     fold = passes.fold
     raw, offset = fold.cam(passes.map, passes.logits, passes.targets)
     notes = [
@@ -51,7 +75,7 @@ def cam(passes: Passes):
         notes.append(
             "head folded through a normalization after pooling (LayerNorm/RMSNorm): one scale per image"
         )
-    return raw, tuple(notes), offset
+    return Result(raw, tuple(notes), offset)
 
 
 def grad_cam_signed(passes: Passes) -> torch.Tensor:
@@ -60,22 +84,33 @@ def grad_cam_signed(passes: Passes) -> torch.Tensor:
     return torch.einsum("bc,bchw->bhw", alpha, passes.map)
 
 
-BLANK = "sum_k alpha_k A^k is negative at every position"
-"""What a Grad-CAM note says of a sample whose map the ReLU left blank (the sweep looks for it)."""
+BLANK = "negative at every position"
+"""What a CAM-family note says of a sample whose map the ReLU left blank (the sweep looks for it)."""
 
 
-def blank_notes(passes: Passes, signed: torch.Tensor) -> list[str]:
-    """Why Grad-CAM is blank, for each sample where it is: never a silent empty picture."""
-    if not bool(passes.map_grad.abs().amax() > 0):
+def layer_notes(passes: Passes) -> list[str]:
+    return [f"layer: {passes.layer}", *passes.layer_notes]
+
+
+def blank_notes(passes: Passes, signed: torch.Tensor, what: str = "sum_k alpha_k A^k") -> list[str]:
+    """Why a rectified CAM-family map is blank, for each sample where it is: never a silent empty
+    picture. `what` names the map before the ReLU."""
+    if passes.map_grad is not None and not bool(passes.map_grad.abs().amax() > 0):
         return ["the gradient at this layer is zero everywhere: the map is blank"]
     peak = signed.amax((-2, -1))
     return [
-        f"sample {i}: {BLANK} (largest {float(peak[i]):.3g}): "
+        f"sample {i}: {what} is {BLANK} (largest {float(peak[i]):.3g}): "
         "no position at this layer adds evidence for the target, so the ReLU leaves a blank map; "
         "try another target or layer, or 'cam' for signed evidence where it applies"
         for i in range(signed.shape[0])
         if not bool(peak[i] > 0)
     ]
+
+
+def rectified(passes: Passes, signed: torch.Tensor, what: str, *extra: str) -> Result:
+    """ReLU of a signed map, with the layer and, where it is blank, why."""
+    notes = [*layer_notes(passes), *extra, *blank_notes(passes, signed, what)]
+    return Result(torch.relu(signed), tuple(notes))
 
 
 @register_method(
@@ -89,12 +124,13 @@ def blank_notes(passes: Passes, signed: torch.Tensor) -> list[str]:
     r"L^c = \mathrm{ReLU}\Big(\sum_k \alpha_k^c A^k\Big)",
     summary="Channel weights from the averaged gradient at a layer: works on any head. On a "
     "GAP + linear head it equals ReLU(CAM) / (h w).",
+    warning="averaged weights can highlight positions the model did not use (see HiResCAM); the "
+    "ReLU hides evidence against the class",
     cost="1 forward + 1 backward to the layer",
     requires=("a classifier", "a spatial map at the layer (found automatically)"),
     needs={"map", "map_grad"},
-    check=_grad_cam_check,
+    check=grad_cam_check,
+    preferred=True,
 )
-def grad_cam(passes: Passes):
-    signed = grad_cam_signed(passes)
-    notes = [f"layer: {passes.layer}", *passes.layer_notes, *blank_notes(passes, signed)]
-    return torch.relu(signed), tuple(notes)
+def grad_cam(passes: Passes, params: Params, runner: Runner) -> Result:
+    return rectified(passes, grad_cam_signed(passes), "sum_k alpha_k A^k")

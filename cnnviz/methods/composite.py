@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..engine.passes import Passes
-from .cam import _grad_cam_check, blank_notes, grad_cam_signed
-from .registry import register_method
+from ..engine.passes import Passes, Runner
+from .cam import blank_notes, grad_cam_check, grad_cam_signed
+from .registry import Params, Result, register_method
 
 
 @register_method(
@@ -23,12 +23,13 @@ from .registry import register_method
     cost="1 forward + 2 backward passes (shared with guided_backprop and grad_cam)",
     requires=("a classifier", "a spatial map at the layer"),
     needs={"map", "map_grad", "grad:guided"},
-    check=_grad_cam_check,
+    check=grad_cam_check,
+    warning="inherits guided backpropagation's class-insensitivity within the Grad-CAM region",
 )
-def guided_grad_cam(passes: Passes):
+def guided_grad_cam(passes: Passes, params: Params, runner: Runner) -> Result:
     signed = grad_cam_signed(passes)
     cam = torch.relu(signed)
     up = F.interpolate(cam[:, None], size=passes.x.shape[-2:], mode="bilinear", align_corners=False)
     notes = [f"Grad-CAM layer: {passes.layer}", *passes.rule_notes.get("guided", ())]
     notes += [f"Grad-CAM is blank, so this is zero: {n}" for n in blank_notes(passes, signed)]
-    return passes.input_grads["guided"] * up, tuple(notes)
+    return Result(passes.input_grads["guided"] * up, tuple(notes))

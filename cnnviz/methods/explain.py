@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from ..engine.anatomy import inspection
-from ..engine.capture import members
+from ..engine.capture import members, model_guard
 from ..engine.layout import FINAL
-from ..engine.passes import TargetArg, resolve_layer, run_passes
+from ..engine.passes import Needs, Runner, TargetArg, resolve_layer, run_passes
 from ..types import Attribution, Explanation
-from .registry import Method, resolve_methods
+from .registry import Method, ParamsArg, Result, resolve_methods, resolve_params
 
 
 def explain(
@@ -22,6 +22,7 @@ def explain(
     target: TargetArg = None,
     layer: str | None = None,
     strict: bool = True,
+    params: ParamsArg = None,
 ) -> Explanation:
     """Explain a batch with several methods, sharing every pass that can be shared.
 
@@ -34,11 +35,16 @@ def explain(
             reaches, see `Anatomy.source`), ``"forward_features"``, or one of `Anatomy.stages`.
         strict: raise ValueError when a method does not apply; with False it is left out
             and its reason is in `Explanation.refused`.
+        params: method parameters (see each method's ``params`` and `cnnviz.list_methods()`):
+            ``{"score_cam": {"batch_size": 16}}``, ``{"score_cam.batch_size": 16}``, or
+            ``{"batch_size": 16}`` for every requested method that has it. Checked before any
+            work starts; an unknown name or a value out of range raises ValueError.
 
     Returns:
         An `Explanation` with one `Attribution` per method that applies.
     """
     chosen = resolve_methods(methods)
+    bound = resolve_params(chosen, params)
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a preprocessed batch of shape (B, 3, H, W); got {shape}")
@@ -50,27 +56,33 @@ def explain(
     refused: dict[str, str] = {}
     run: list[Method] = []
     for method in chosen:
-        reason = method.refusal(anatomy, layer_is_final)
+        reason = method.refusal(anatomy, layer_is_final, bound[method.id])
         if reason is None:
             run.append(method)
         elif strict:
             raise ValueError(f"{method.id} does not apply to {anatomy.architecture}: {reason}")
         else:
             refused[method.id] = reason
-    needs = frozenset().union(*(m.needs for m in run)) if run else frozenset()
-    passes = run_passes(model, found, x, needs, target, layer_name, insp)
+    needs = Needs()
+    for method in run:
+        needs = needs | method.needs
     hw = (int(x.shape[-2]), int(x.shape[-1]))
     attributions: dict[str, Attribution] = {}
-    for method in run:
-        raw, notes, *offset = method.compute(passes)
-        attributions[method.id] = Attribution(
-            method=method.id,
-            raw=raw.detach().float(),
-            notes=tuple(notes),
-            layer=passes.layer if method.family == "cam" else "input",
-            input_size=hw,
-            offset=offset[0].detach().float() if offset else None,
-        )
+    with model_guard(model, found):
+        passes = run_passes(model, found, x, needs, target, layer_name, insp)
+        runner = Runner(model, found, insp, passes)
+        for method in run:
+            result = method.compute(passes, bound[method.id], runner)
+            if not isinstance(result, Result):
+                raise TypeError(f"method {method.id!r} returned {type(result).__name__}, not a Result")
+            attributions[method.id] = Attribution(
+                method=method.id,
+                raw=result.raw.detach().float(),
+                notes=tuple(result.notes),
+                layer=passes.layer if method.family == "cam" else "input",
+                input_size=hw,
+                offset=None if result.offset is None else result.offset.detach().float(),
+            )
     return Explanation(
         attributions=attributions,
         logits=passes.logits,

@@ -6,24 +6,40 @@ in the backward rule of the rectifying activations (see `cnnviz.engine.rules.Act
 
 from __future__ import annotations
 
-from ..engine.passes import Passes
+from ..engine.passes import Passes, Runner
 from ..engine.rules import has_rectifiers
-from ..types import Anatomy
-from .registry import register_method
+from .cam import grad_cam_check as needs_classifier
+from .registry import Evidence, Params, Result, Verdict, register_method
 
 
-def _needs_classifier(anatomy: Anatomy, layer_is_final: bool) -> str | None:
-    if anatomy.num_classes == 0:
-        return "the model has no classifier (num_classes=0): there is no class score to differentiate"
-    return None
-
-
-def _rule_result(passes: Passes, rule: str, intro: str) -> tuple:
+def _rule_result(passes: Passes, rule: str, intro: str) -> Result:
     notes = [intro]
     if not has_rectifiers(passes.kinds):
         notes.append("no rectifying activation in this network: the result equals the plain gradient")
     notes.extend(passes.rule_notes.get(rule, ()))
-    return passes.input_grads[rule], tuple(notes)
+    return Result(passes.input_grads[rule], tuple(notes))
+
+
+def verify_rule(ev: Evidence) -> Verdict:
+    """A modified backward rule changes the gradient exactly where a rectifier is present: it must
+    differ from the plain gradient, unless the network has no activation whose rule it changes
+    (none, or only gates such as sigmoid), in which case it must equal it."""
+    plain = ev.others.get("vanilla_gradient")
+    if plain is None:
+        return Verdict()  # the plain gradient failed or was not run: its own status says so
+    method = ev.attribution.method
+    ref = plain.raw
+    diff = float((ev.attribution.raw - ref).abs().amax() / ref.abs().amax().clamp_min(1e-30))
+    measures = {f"{method}_vs_plain": f"{diff:.1e}"}
+    modifiable = has_rectifiers(ev.anatomy.activations)
+    if modifiable and diff <= 1e-6:
+        kinds = ", ".join(ev.anatomy.activations)
+        return Verdict(f"check: equals the plain gradient although the network has {kinds}", measures)
+    if not modifiable and diff > 1e-5:
+        return Verdict(
+            f"check: differs from the plain gradient ({diff:.1e}) with no activation to modify", measures
+        )
+    return Verdict("", measures)
 
 
 @register_method(
@@ -39,10 +55,11 @@ def _rule_result(passes: Passes, rule: str, intro: str) -> tuple:
     cost="1 forward + 1 backward to the input",
     requires=("a classifier",),
     needs={"grad:plain"},
-    check=_needs_classifier,
+    check=needs_classifier,
+    warning="saturated units pass no gradient, so a feature the score depends on can show as zero",
 )
-def vanilla_gradient(passes: Passes):
-    return passes.input_grads["plain"], ("d logit[target] / d input, plain autograd",)
+def vanilla_gradient(passes: Passes, params: Params, runner: Runner) -> Result:
+    return Result(passes.input_grads["plain"], ("d logit[target] / d input, plain autograd",))
 
 
 @register_method(
@@ -57,9 +74,13 @@ def vanilla_gradient(passes: Passes):
     cost="1 forward + 1 backward to the input (shares the forward with the other gradient methods)",
     requires=("a classifier", "rectifying activations (else it equals the plain gradient)"),
     needs={"grad:deconv"},
-    check=_needs_classifier,
+    check=needs_classifier,
+    warning="largely class-insensitive: it shows what the filters respond to, not why this class",
+    verify=verify_rule,
+    measures=("deconvnet_vs_plain",),
+    verify_with=("vanilla_gradient",),
 )
-def deconvnet(passes: Passes):
+def deconvnet(passes: Passes, params: Params, runner: Runner) -> Result:
     return _rule_result(passes, "deconv", "deconvnet rule at every rectifying activation")
 
 
@@ -77,7 +98,12 @@ def deconvnet(passes: Passes):
     cost="1 forward + 1 backward to the input (shares the forward with the other gradient methods)",
     requires=("a classifier", "rectifying activations (else it equals the plain gradient)"),
     needs={"grad:guided"},
-    check=_needs_classifier,
+    check=needs_classifier,
+    warning="nearly class-insensitive: fails the model-randomization check of Adebayo et al. 2018",
+    verify=verify_rule,
+    measures=("guided_backprop_vs_plain",),
+    verify_with=("vanilla_gradient",),
+    preferred=True,
 )
-def guided_backprop(passes: Passes):
+def guided_backprop(passes: Passes, params: Params, runner: Runner) -> Result:
     return _rule_result(passes, "guided", "guided backpropagation rule at every rectifying activation")

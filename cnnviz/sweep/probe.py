@@ -6,18 +6,15 @@ said it does not apply, with its reason; or `cnnviz.inspect` declined the whole 
 failed; the note says which). Checks on every ok result: finite, the right shape, not constant. Extra
 checks:
 
-* ``cam``: Zhou et al.'s identity ``mean_xy CAM + offset == logit[target]`` to a relative
-  `CAM_TOL` (relative to the largest |logit| of the sample);
-* ``guided_backprop`` / ``deconvnet``: the result differs from the plain gradient, unless the
-  network has no activation whose rule they change (no activations, or only gates such as
-  sigmoid), in which case they must equal it.
+each method's own `verify` from the registry (``cam``: Zhou et al.'s identity to a relative
+`CAM_TOL`; ``guided_backprop`` / ``deconvnet``: the result differs from the plain gradient exactly
+where a rectifier is present), whose measurements (``Method.measures``) are columns of their own.
 """
 
 from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import timm
@@ -25,6 +22,7 @@ import torch
 
 import cnnviz
 from cnnviz.methods.cam import BLANK
+from cnnviz.methods.registry import Evidence
 
 from .build import Built, build, seed_for
 from .table import family_of, method_columns
@@ -33,19 +31,18 @@ CAM_TOL = 1e-4
 CAM_TOL_BF16 = 2e-2
 """bfloat16 has 8 bits of mantissa: the identity holds to about 1e-2 there."""
 
-GATES = frozenset({"sigmoid", "hardsigmoid", "tanh", "softmax"})
-"""Activations that guided backprop and deconvnet leave alone (they are gates, not rectifiers)."""
-
-RULE_METHODS = ("guided_backprop", "deconvnet")
-
 
 def first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def probe(name: str, small: int = 160, dtype: torch.dtype = torch.float32) -> dict[str, object]:
+def probe(
+    name: str, small: int = 160, dtype: torch.dtype = torch.float32, methods: list[str] | None = None
+) -> dict[str, object]:
     """The sweep's row for one timm model name (never raises for a model's own failure).
+
+    `methods`: only these registered methods (None: all), for a row that lacks them.
 
     With a `dtype` other than float32 (models too large for the memory cap), it is also the
     default dtype while the model is inspected and explained: `cnnviz.inspect` builds its probe
@@ -60,34 +57,34 @@ def probe(name: str, small: int = 160, dtype: torch.dtype = torch.float32) -> di
     try:
         built = build(name, small, dtype)
     except Exception as exc:
-        return _all_methods(row, "failed", f"build: {first_line(exc)}", t0)
+        return _all_methods(row, "failed", f"build: {first_line(exc)}", t0, methods)
     row.update(_build_columns(built))
     row["t_build"] = round(time.perf_counter() - t0, 2)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        return _inspect_and_explain(row, built, dtype, t0)
+        return _inspect_and_explain(row, built, dtype, t0, methods)
     finally:
         torch.set_default_dtype(previous)
 
 
 def _inspect_and_explain(
-    row: dict[str, object], built: Built, dtype: torch.dtype, t0: float
+    row: dict[str, object], built: Built, dtype: torch.dtype, t0: float, methods: list[str] | None = None
 ) -> dict[str, object]:
     t1 = time.perf_counter()
     try:
         anatomy = cnnviz.inspect(built.module)
     except cnnviz.AnatomyError as exc:  # the library declines the model, with its reason
         row["num_classes"] = getattr(built.module, "num_classes", "")
-        return _all_methods(row, "refused", f"anatomy: {exc}", t0)
+        return _all_methods(row, "refused", f"anatomy: {exc}", t0, methods)
     except Exception as exc:
-        return _all_methods(row, "failed", f"inspect: {first_line(exc)}", t0)
+        return _all_methods(row, "failed", f"inspect: {first_line(exc)}", t0, methods)
     row.update(anatomy_columns(anatomy))
     row["t_inspect"] = round(time.perf_counter() - t1, 2)
     t2 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed_for(row["name"]) + 2)
     x = torch.randn(1, *built.input_size, generator=gen, dtype=torch.float32).to(dtype)
-    row.update(run_methods(built.module, x, anatomy, dtype))
+    row.update(run_methods(built.module, x, anatomy, dtype, methods))
     row["t_explain"] = round(time.perf_counter() - t2, 2)
     row["t_total"] = round(time.perf_counter() - t0, 2)
     row["peak_rss_mb"] = peak_rss_mb()
@@ -98,13 +95,15 @@ def peak_rss_mb() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def _all_methods(row: dict[str, object], status: str, reason: str, t0: float) -> dict[str, object]:
-    """Every method `status` ("failed", or "refused" when the anatomy declines) with `reason`."""
+def _all_methods(
+    row: dict[str, object], status: str, reason: str, t0: float, methods: list[str] | None = None
+) -> dict[str, object]:
+    """Every method (or `methods`) `status` ("failed", or "refused" when the anatomy declines)."""
     if status == "failed":
         row["error"] = reason
-    for method in cnnviz.list_methods():
-        row[method.id] = status
-        row[f"{method.id}_note"] = reason
+    for mid in methods or [m.id for m in cnnviz.list_methods()]:
+        row[mid] = status
+        row[f"{mid}_note"] = reason
     row["t_total"] = round(time.perf_counter() - t0, 2)
     row["peak_rss_mb"] = peak_rss_mb()
     return row
@@ -139,29 +138,36 @@ def anatomy_columns(anatomy: cnnviz.Anatomy) -> dict[str, object]:
 
 
 def run_methods(
-    model: torch.nn.Module, x: torch.Tensor, anatomy: cnnviz.Anatomy, dtype: torch.dtype = torch.float32
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    anatomy: cnnviz.Anatomy,
+    dtype: torch.dtype = torch.float32,
+    methods: list[str] | None = None,
 ) -> dict[str, object]:
-    """Every registered method on `x`: all at once (shared passes), one by one if that raises."""
-    ids = [m.id for m in cnnviz.list_methods()]
+    """Registered methods (all, or `methods`) on `x`: all at once (shared passes), one by one if
+    that raises. Each result passes the generic checks and its method's own `verify`."""
+    ids = [m.id for m in cnnviz.list_methods()] if methods is None else list(methods)
+    run = list(ids)
+    for m in ids:  # what a method's check compares with runs too (its columns are not written)
+        run += [w for w in cnnviz.get_method(m).verify_with if w not in run]
     out: dict[str, object] = {}
     try:
-        ex = cnnviz.explain(model, x, methods=ids, strict=False)
-        results = {i: ex for i in ids}
+        ex = cnnviz.explain(model, x, methods=run, strict=False)
+        results = {i: ex for i in run}
     except Exception as exc:
         out["error"] = f"all methods together: {first_line(exc)}; methods run one by one"
         results = {}
-        for i in ids:
+        for i in run:
             try:
                 results[i] = cnnviz.explain(model, x, methods=[i], strict=False)
             except Exception as one:
                 results[i] = one
     tol = CAM_TOL if dtype == torch.float32 else CAM_TOL_BF16
-    plain = results.get("vanilla_gradient")
-    plain = (
-        plain["vanilla_gradient"].raw
-        if isinstance(plain, cnnviz.Explanation) and "vanilla_gradient" in plain.attributions
-        else None
-    )
+    others = {
+        i: res[i]
+        for i, res in results.items()
+        if isinstance(res, cnnviz.Explanation) and i in res.attributions
+    }
     for i in ids:
         res = results[i]
         if isinstance(res, Exception):
@@ -169,7 +175,7 @@ def run_methods(
         elif i in res.refused:
             status, note = "refused", res.refused[i]
         else:
-            note = check(i, res, Context(x, anatomy, tol, plain, out))
+            note = check(i, res, Context(x, anatomy, tol, others, out))
             status = "failed" if note else "ok"
             note = note or blank_reason(res[i])
         out[i], out[f"{i}_note"] = status, note
@@ -178,19 +184,20 @@ def run_methods(
 
 @dataclass(frozen=True)
 class Context:
-    """What the checks compare against: the input, the anatomy, the tolerance, the plain gradient."""
+    """What the checks compare against: the input, the anatomy, the tolerance, the other results."""
 
     x: torch.Tensor
     anatomy: cnnviz.Anatomy
     tol: float
-    plain: torch.Tensor | None
+    others: dict = field(repr=False)
     out: dict = field(repr=False)
 
 
 def check(method: str, ex: cnnviz.Explanation, ctx: Context) -> str:
-    """Why the result of `method` is wrong ('' when it passes); extra columns go to `ctx.out`."""
+    """Why the result of `method` is wrong ('' when it passes); measurements go to `ctx.out`."""
     raw = ex[method].raw
-    if cnnviz.get_method(method).family == "cam":
+    spec = cnnviz.get_method(method)
+    if spec.family == "cam":
         at_source = ex[method].layer == ctx.anatomy.source
         expected = (ctx.x.shape[0], *ctx.anatomy.shape[1:]) if at_source else None
     else:
@@ -201,52 +208,20 @@ def check(method: str, ex: cnnviz.Explanation, ctx: Context) -> str:
         return "check: not finite"
     if not bool(raw.amax() > raw.amin()) and not blank_reason(ex[method]):
         return f"check: constant map (every value {float(raw.flatten()[0]):.3g})"
-    extra = EXTRA_CHECKS.get(method)
-    return extra(method, ex, ctx) if extra else ""
+    if spec.verify is None:
+        return ""
+    verdict = spec.verify(Evidence(ex, ex[method], ctx.anatomy, ctx.tol, ctx.others))
+    ctx.out.update(verdict.measures)
+    return verdict.problem
 
 
 def blank_reason(att: cnnviz.Attribution) -> str:
-    """The engine's own account of a blank Grad-CAM (ReLU of a map negative everywhere), or ''.
+    """The engine's own account of a blank rectified map (ReLU of a map negative everywhere), or ''.
 
     That is the method working as defined, not a failure: the row stays 'ok' and says so.
     """
     why = [n for n in att.notes if BLANK in n]
     return f"blank map: {why[0]}" if why and not bool(att.raw.any()) else ""
-
-
-def _check_cam(method: str, ex: cnnviz.Explanation, ctx: Context) -> str:
-    att = ex[method]
-    if att.offset is None:
-        return "check: cam returned no offset"
-    logits = ex.logits.double()
-    target_logit = logits.gather(1, ex.targets[:, None].to(logits.device))[:, 0]
-    lhs = att.raw.double().mean((-2, -1)) + att.offset.double()
-    scale = logits.abs().amax(1).clamp_min(1e-30)
-    err = float(((lhs - target_logit).abs() / scale).max())
-    ctx.out["cam_err"] = f"{err:.1e}"
-    if err > ctx.tol:
-        return f"check: mean(CAM) + offset != logit (relative error {err:.1e} > {ctx.tol:.0e})"
-    return ""
-
-
-def _check_rule(method: str, ex: cnnviz.Explanation, ctx: Context) -> str:
-    """Guided backprop / deconvnet change the gradient exactly where a rectifier is present."""
-    if ctx.plain is None:
-        return ""  # the plain gradient failed: its own status says so
-    modifiable = set(ctx.anatomy.activations) - GATES
-    diff = float((ex[method].raw - ctx.plain).abs().amax() / ctx.plain.abs().amax().clamp_min(1e-30))
-    ctx.out[f"{method}_vs_plain"] = f"{diff:.1e}"
-    if modifiable and diff <= 1e-6:
-        return f"check: equals the plain gradient although the network has {', '.join(sorted(modifiable))}"
-    if not modifiable and diff > 1e-5:
-        return f"check: differs from the plain gradient ({diff:.1e}) with no activation to modify"
-    return ""
-
-
-EXTRA_CHECKS: dict[str, Callable[[str, cnnviz.Explanation, Context], str]] = {
-    "cam": _check_cam,
-    **dict.fromkeys(RULE_METHODS, _check_rule),
-}
 
 
 def columns() -> list[str]:

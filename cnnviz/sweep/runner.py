@@ -22,12 +22,12 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .names import param_count
-from .table import RowWriter, family_of, read_rows, sort_file
+from .table import RowWriter, family_of, method_cells, read_rows, sort_file, widen
 
 GIB = 2**30
 PARAM_FACTOR = 1.4
@@ -65,6 +65,8 @@ class Plan:
     threads: int
     refusal: str = ""
     need_gb: float = 0.0
+    methods: tuple[str, ...] | None = None
+    """Only these methods (a row that lacks them: methods added since it was written); None: all."""
 
 
 def plan_for(name: str, params: int, limits: Limits) -> Plan:
@@ -105,7 +107,12 @@ def _child(plan: Plan, small: int, conn: mpc.Connection, probe_fn: ProbeFn) -> N
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     torch.set_num_threads(plan.threads)
     try:
-        message: tuple[str, object] = ("row", probe_fn(plan.name, small, getattr(torch, plan.dtype)))
+        dtype = getattr(torch, plan.dtype)
+        if plan.methods is None:
+            row = probe_fn(plan.name, small, dtype)
+        else:
+            row = probe_fn(plan.name, small, dtype, list(plan.methods))
+        message: tuple[str, object] = ("row", row)
     except BaseException as exc:  # sent to the parent, which writes it into the model's row
         lines = str(exc).strip().splitlines()
         message = ("error", f"probe raised {type(exc).__name__}: {lines[0] if lines else ''}"[:300])
@@ -165,11 +172,15 @@ def run(
     if probe_fn is None:
         from .probe import probe as probe_fn
     method_ids = [c for c in columns if f"{c}_note" in columns]
-    rows = read_rows(out)
-    done = {r["name"] for r in rows if not (retry_failed and any(r.get(m) == "failed" for m in method_ids))}
-    todo = [n for n in names if n not in done]
+    widen(out, columns)  # a CSV written before a method was added gets its columns, empty
+    rows = {r["name"]: r for r in read_rows(out)}  # the last row of a name counts
+    missing = {n: [m for m in method_ids if not r.get(m)] for n, r in rows.items()}
+    retry = {n for n, r in rows.items() if retry_failed and any(r.get(m) == "failed" for m in method_ids)}
+    todo = [n for n in names if n not in rows or n in retry or missing[n]]
+    # A row that has every method but the new ones runs only those (resumable per method).
+    top_up = {n: tuple(missing[n]) for n in todo if n in rows and n not in retry and missing[n]}
     sizes = {n: param_count(n) for n in todo}
-    plans = [plan_for(n, sizes[n], limits) for n in todo]
+    plans = [replace(plan_for(n, sizes[n], limits), methods=top_up.get(n)) for n in todo]
     # Smallest first and the ones that need the machine alone last: the many small models are not
     # held up behind the big ones, and a run that is stopped early (it resumes) covers the most.
     queue = deque(sorted(plans, key=lambda p: (p.exclusive, sizes[p.name], p.name)))
@@ -180,6 +191,12 @@ def run(
 
         def emit(row: dict[str, object]) -> None:
             nonlocal written
+            name = str(row.get("name", ""))
+            if name in top_up:  # keep the old row, fill in the new methods' cells
+                cells = [c for m in top_up[name] for c in method_cells(m)]
+                new = {c: row[c] for c in cells if c in row}
+                error = " ".join(str(v) for v in (rows[name].get("error"), row.get("error")) if v)
+                row = {**rows[name], **new, "error": error}
             extra = sorted(set(row) - set(columns))
             if extra:  # a probe bug must not stop the run: keep the row, say what was dropped
                 row = {k: v for k, v in row.items() if k in columns}

@@ -30,11 +30,13 @@ def _counts(rows: list[dict[str, str]], key: str) -> list[str]:
 
 
 def _methods(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
+    """Status counts per method; "not run" counts rows written before the method was added (the
+    sweep fills them in when it runs again)."""
     body = []
     for m in ids:
-        c = Counter(r[m] for r in rows)
-        body.append([f"`{m}`", *(c.get(s, 0) for s in STATUSES)])
-    return _table(["method", *STATUSES], body)
+        c = Counter(r[m] or "not run" for r in rows)
+        body.append([f"`{m}`", *(c.get(s, 0) for s in STATUSES), c.get("not run", 0)])
+    return _table(["method", *STATUSES, "not run"], body)
 
 
 def _families(rows: list[dict[str, str]], ids: list[str]) -> list[str]:

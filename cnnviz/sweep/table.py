@@ -37,14 +37,16 @@ STATUSES = ("ok", "refused", "failed")
 
 
 def method_columns(method_ids: Iterable[str]) -> list[str]:
-    """All columns, with a status and a note column per method, then the checks' measurements."""
+    """All columns: a status and a note column per method, then the measurements each method's
+    check reports (`Method.measures`, from the registry)."""
+    import cnnviz  # the registry (here, not at import: the sweep's worker preloads this module)
+
     ids = list(method_ids)
     cols = [*MODEL_COLUMNS, *ANATOMY_COLUMNS]
     for m in ids:
         cols += [m, f"{m}_note"]
-    if "cam" in ids:
-        cols.append("cam_err")
-    cols += [f"{m}_vs_plain" for m in ("guided_backprop", "deconvnet") if m in ids]
+    for m in ids:
+        cols += list(cnnviz.get_method(m).measures)
     return cols + list(TAIL_COLUMNS)
 
 
@@ -88,8 +90,10 @@ class RowWriter:
 
     def __init__(self, path: str | Path, columns: list[str]):
         self.path = Path(path)
-        self.columns = columns
         header = read_header(self.path)
+        if header and set(header) == set(columns):
+            columns = header  # the file's order of the same columns
+        self.columns = columns
         if header and header != columns:
             missing = sorted(set(columns) - set(header))
             extra = sorted(set(header) - set(columns))
@@ -122,6 +126,38 @@ def _cell(value: object) -> object:
     if isinstance(value, str):
         return " ".join(value.split())  # one line per row, whatever the message held
     return value
+
+
+def widen(path: str | Path, columns: list[str]) -> list[str]:
+    """Give an existing CSV the columns it lacks (a method added since it was written), empty.
+
+    Rows are kept as they are; the file is rewritten, the new columns inserted before the
+    timings, only when its own header is a proper subset of `columns`. Returns the columns added.
+    """
+    header = read_header(path)
+    added = [c for c in columns if c not in header]
+    if not header or not added or set(header) - set(columns):
+        return []
+    tail = [c for c in header if c in TAIL_COLUMNS]
+    at = header.index(tail[0]) if tail else len(header)
+    columns = [*header[:at], *added, *header[at:]]  # the new ones before the timings
+    rows = read_rows(path)
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    tmp.replace(path)
+    return added
+
+
+def method_cells(method_id: str) -> list[str]:
+    """The columns a method's result fills: status, note and its check's measurements."""
+    import cnnviz
+
+    return [method_id, f"{method_id}_note", *cnnviz.get_method(method_id).measures]
 
 
 def sort_file(path: str | Path, columns: list[str]) -> int:

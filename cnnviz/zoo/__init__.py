@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -207,10 +207,12 @@ class Model:
         target: int | Sequence[int] | None = None,
         layer: str | None = None,
         strict: bool = True,
+        params: Mapping[str, Any] | None = None,
     ) -> Explanation:
         """`cnnviz.explain` on this model for PIL image(s) or an already preprocessed tensor.
 
         `layer=None` uses the curated `default_layer` when there is one, else the engine's choice.
+        `params`: method parameters, as `cnnviz.explain` takes them.
         """
         if isinstance(image, torch.Tensor):
             x = (image if image.dim() == 4 else image.unsqueeze(0)).to(self.device)
@@ -223,7 +225,9 @@ class Model:
                 f"image: expected a PIL image, a list of them or a tensor, got {type(image).__name__}"
             )
         layer = layer if layer is not None else self.default_layer
-        return explain(self.module, x, methods=methods, target=target, layer=layer, strict=strict)
+        return explain(
+            self.module, x, methods=methods, target=target, layer=layer, strict=strict, params=params
+        )
 
 
 # ----------------------------------------------------------------------------- the bounded cache

@@ -271,3 +271,58 @@ def test_unreadable_image_is_reported_and_the_others_still_written(capsys, tmp_p
     assert code == 1
     assert "broken.jpg" in one_error_line(err)
     assert (out / "coffee" / "manifest.json").exists() and not (out / "broken").exists()
+
+
+def test_param_reaches_the_method_and_the_manifest(capsys, tmp_path, monkeypatch):
+    from cnnviz.methods import registry
+    from cnnviz.methods.registry import Param, Result, register_method
+
+    seen = []
+
+    @register_method(
+        id="_cli_probe",
+        label="probe",
+        family="cam",
+        paper="-",
+        url="https://e.org",
+        formula="-",
+        summary="-",
+        cost="-",
+        requires=(),
+        needs={"map"},
+        params=(
+            Param("k", 2, "a number", low=1, high=9),
+            Param("mode", "sum", "reduce", choices=("sum", "max")),
+        ),
+    )
+    def probe(passes, params, runner):
+        seen.append(dict(params))
+        return Result(passes.map.sum(1))
+
+    try:
+        argv = [
+            *_explain_argv("chelsea.jpg", "resnet18", tmp_path),
+            "--methods",
+            "_cli_probe,grad_cam",
+            "--quiet",
+        ]
+        code, _, err = run(capsys, *argv, "--param", "_cli_probe.k=7", "--param", "mode=max")
+        assert code == 0, err
+        assert seen == [{"k": 7, "mode": "max"}]
+        manifest = json.loads((tmp_path / "chelsea" / "manifest.json").read_text())
+        assert manifest["methods"]["_cli_probe"]["params"] == {"k": 7, "mode": "max"}
+        assert manifest["methods"]["grad_cam"]["params"] == {}
+        for bad, why in [
+            ("k=10", "out of range"),
+            ("_cli_probe.kk=3", "Did you mean 'k'"),
+            ("k", "expected NAME=VALUE"),
+            ("nope=1", "no requested method has a parameter 'nope'"),
+            ("score=1", "no requested method"),
+        ]:
+            code, _, err = run(capsys, *argv, "--param", bad)
+            assert code == 2 and why in one_error_line(err), (bad, err)
+        assert len(seen) == 1  # every bad value was refused before any work
+        code, out, _ = run(capsys, "methods")
+        assert "--param _cli_probe.k: int in [1, 9], default 2: a number" in out
+    finally:
+        registry._REGISTRY.pop("_cli_probe", None)

@@ -10,6 +10,7 @@ import csv
 import json
 import mmap
 import os
+import re
 import signal
 import time
 from dataclasses import replace
@@ -25,7 +26,7 @@ from cnnviz.sweep.build import _patch_multiple, build, candidate_sizes, classifi
 from cnnviz.sweep.probe import CAM_TOL, Context, check, columns, probe, run_methods
 from cnnviz.sweep.runner import plan_for
 from cnnviz.sweep.summary import readme_excerpt
-from cnnviz.sweep.table import RowWriter, read_rows
+from cnnviz.sweep.table import RowWriter, method_cells, read_header, read_rows
 
 METHOD_IDS = [m.id for m in cnnviz.list_methods()]
 SUPPORT = Path(__file__).resolve().parents[2] / "support"
@@ -118,6 +119,62 @@ def test_memory_cap_is_enforced_in_the_child(tmp_path, mem_gb, expected):
     # A cap of 1.75 GiB still fits the plan's 1 GiB overhead for a model of 0 parameters.
     rows = _sweep(tmp_path, ["hog"], fake_by_name, Limits(timeout=60, mem_gb=mem_gb, big_mem_gb=8))
     assert rows[0]["error"] == expected
+
+
+def fake_some(name: str, small: int, dtype: torch.dtype, methods: list[str] | None = None) -> dict:
+    """Like `fake_ok`, for the methods asked (all by default); says which it ran in ``error``."""
+    row = {"name": name, "family": "fake", "layout": "NCHW", "head_kind": "linear", "t_total": 0.01}
+    for m in methods or METHOD_IDS:
+        row[m], row[f"{m}_note"] = "ok", f"new {m}"
+    row["error"] = f"ran {','.join(methods) if methods else 'all'}"
+    return row
+
+
+def _drop_method(path: Path, method: str) -> None:
+    """The CSV as an older version wrote it, before `method` was registered."""
+    gone = set(method_cells(method))
+    rows = read_rows(path)
+    cols = [c for c in read_header(path) if c not in gone]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_a_new_method_adds_its_columns_and_runs_only_itself(tmp_path):
+    path = tmp_path / "s.csv"
+    run_sweep(names=["a", "b"], out=path, limits=FAST, probe_fn=fake_some)
+    new = METHOD_IDS[-1]
+    _drop_method(path, new)
+    assert new not in read_header(path)
+    # A run stopped after one model: the other still lacks the new method (resumable per method).
+    run_sweep(names=["a"], out=path, limits=FAST, probe_fn=fake_some)
+    rows = {r["name"]: r for r in read_rows(path)}
+    assert rows["a"][new] == "ok" and rows["a"]["error"] == f"ran all ran {new}"
+    assert rows["b"][new] == "" and rows["b"]["error"] == "ran all"
+    summary = summarize(path)
+    assert re.search(rf"\| `{new}` \| 1 \| 0 \| 0 \| 1 \|", summary), summary  # ok 1, not run 1
+    again = run_sweep(names=["a", "b", "c"], out=path, limits=FAST, probe_fn=fake_some)
+    assert again.written == 2  # b (the new method only) and c (everything)
+    rows = {r["name"]: r for r in read_rows(path)}
+    assert rows["b"][new] == "ok" and rows["b"]["error"] == f"ran all ran {new}"
+    assert rows["b"][f"{METHOD_IDS[0]}_note"] == f"new {METHOD_IDS[0]}"  # the old cells kept
+    assert rows["c"]["error"] == "ran all"
+    assert read_header(path) == columns()
+
+
+@pytest.mark.slow
+def test_adding_a_method_to_a_real_csv_probes_only_that_method(tmp_path):
+    path = tmp_path / "s.csv"
+    run_sweep(names=["test_resnet", "test_vit"], out=path, limits=FAST)
+    before = {r["name"]: r for r in read_rows(path)}
+    new = "grad_cam"
+    _drop_method(path, new)
+    run_sweep(names=["test_resnet", "test_vit"], out=path, limits=FAST)
+    after = {r["name"]: r for r in read_rows(path)}
+    for name in before:
+        assert after[name][new] == "ok" and after[name][f"{new}_note"] == before[name][f"{new}_note"]
+        assert after[name]["t_total"] == before[name]["t_total"]  # the row's other cells as they were
 
 
 def test_resuming_into_a_csv_with_other_columns_is_refused(tmp_path):
@@ -258,7 +315,9 @@ def test_checks_catch_wrong_results():
             anatomy=anatomy,
             layer=ex.layer,
         )
-        return check(method, fake, Context(x, anatomy, CAM_TOL, plain, {}))
+        return check(
+            method, fake, Context(x, anatomy, CAM_TOL, {"vanilla_gradient": ex["vanilla_gradient"]}, {})
+        )
 
     assert verdict("cam") == ""
     assert "mean(CAM) + offset != logit" in verdict("cam", offset=ex["cam"].offset + 0.01)
@@ -290,7 +349,7 @@ def test_a_blank_grad_cam_is_ok_with_its_reason_and_a_fake_one_is_not():
         anatomy=anatomy,
         layer=ex.layer,
     )
-    assert "constant map" in check("grad_cam", fake, Context(x, anatomy, CAM_TOL, None, {}))
+    assert "constant map" in check("grad_cam", fake, Context(x, anatomy, CAM_TOL, {}, {}))
 
 
 # ---------------------------------------------------------------- integration: real models
