@@ -17,7 +17,6 @@ Two families are drawn differently:
 
 from __future__ import annotations
 
-import difflib
 import functools
 import textwrap
 from collections.abc import Sequence
@@ -27,6 +26,8 @@ from typing import Any, Literal
 import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .common import close_matches, did_you_mean
 
 COLORMAPS: tuple[str, ...] = ("jet", "turbo", "inferno", "viridis", "magma", "plasma", "RdBu_r")
 """Colormaps offered in the UI (any matplotlib name is accepted by the functions)."""
@@ -166,16 +167,14 @@ def normalize_gradient(
 
 
 def _unknown(name: str, value: object, allowed: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(value), list(allowed), n=3)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(close_matches(value, allowed), quote=True)
     return f"unknown `{name}` {value!r}: expected one of {', '.join(map(repr, allowed))}{hint}"
 
 
 def _colormap(cmap: str) -> matplotlib.colors.Colormap:
     if cmap in matplotlib.colormaps:
         return matplotlib.colormaps[cmap]
-    close = difflib.get_close_matches(str(cmap), list(matplotlib.colormaps), n=3)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(close_matches(cmap, matplotlib.colormaps), quote=True)
     offered = ", ".join(map(repr, COLORMAPS))
     raise ValueError(f"unknown `cmap` {cmap!r}: use a matplotlib colormap such as {offered}{hint}")
 
@@ -194,7 +193,7 @@ def resize_map(map2d: Any, size: tuple[int, int]) -> np.ndarray:
     _check_ndim(arr, "map2d", (2,))
     if (arr.shape[1], arr.shape[0]) == tuple(size):
         return arr
-    resized = Image.fromarray(arr).resize(tuple(size), Image.Resampling.BILINEAR)
+    resized = Image.fromarray(arr).resize((int(size[0]), int(size[1])), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.float32)
 
 
@@ -371,38 +370,4 @@ def grid(
             for k, line in enumerate(wrapped[i] if wrapped else []):
                 draw.text((left, top + cell_h + k * line_h), line, fill=(0, 0, 0), font=font)
         top += cell_h + text_h[r] + pad
-    return canvas
-
-
-def paste_on_original(
-    original: Image.Image | np.ndarray,
-    overlay_image: Image.Image | np.ndarray,
-    box: tuple[float, float, float, float],
-    dim_outside: float = 0.0,
-) -> Image.Image:
-    """Map a picture drawn on the model's view back onto the region of the original it shows.
-
-    Args:
-        original: the full image the user gave.
-        overlay_image: a picture at the model's input size (e.g. from `overlay`).
-        box: ``(left, top, right, bottom)`` of `original` that the model saw (the zoo's
-            ``seen_box``); the picture is resized to it and pasted there.
-        dim_outside: darken what the model did not see by this fraction (0 keeps it as is).
-    """
-    if len(box) != 4:
-        raise ValueError(f"`box` must be (left, top, right, bottom); got {box!r}")
-    left, top, right, bottom = (round(float(v)) for v in box)
-    if right <= left or bottom <= top:
-        raise ValueError(f"`box` must have right > left and bottom > top; got {box!r}")
-    if not 0.0 <= dim_outside <= 1.0:
-        raise ValueError(f"`dim_outside` must be in [0, 1]; got {dim_outside}")
-    canvas = _as_rgb(original, "original")
-    if dim_outside > 0.0:
-        canvas = Image.blend(canvas, Image.new("RGB", canvas.size), dim_outside)
-    else:
-        canvas = canvas.copy()
-    patch = _as_rgb(overlay_image, "overlay_image").resize(
-        (right - left, bottom - top), Image.Resampling.BILINEAR
-    )
-    canvas.paste(patch, (left, top))
     return canvas

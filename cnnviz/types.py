@@ -13,6 +13,9 @@ import torch.nn.functional as F
 
 Layout = Literal["NCHW", "NHWC", "tokens"]
 
+FINAL = "forward_features"
+"""The layer name of the final map: the output of timm's `forward_features`, which the head pools."""
+
 
 @dataclass(frozen=True)
 class Anatomy:
@@ -58,6 +61,17 @@ class Anatomy:
     activations: tuple[str, ...]
     stages: tuple[str, ...]
     stage_shapes: tuple[tuple[int, int, int], ...] = ()
+
+    def is_final(self, layer: str | None = None) -> bool:
+        """Whether `layer` is the final map that the head pools (CAM needs it).
+
+        None (or "") means the default layer, `source`: the final map, except for class-token
+        models, whose default is the earlier layer the gradient reaches. ``"final"`` and
+        ``"forward_features"`` name the final map itself.
+        """
+        if not layer:
+            return self.source == FINAL
+        return layer in (FINAL, "final")
 
     def summary(self) -> str:
         """A few readable lines, for the CLI and the app."""

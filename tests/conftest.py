@@ -17,37 +17,17 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Make random-init quirks visible (see ZOO-FACTS): non-identity BatchNorm statistics,
-    non-zero classifiers and layer scales, so that a folding or rule bug cannot pass on zeros."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) * 1.5 + 0.5)
-                if m.weight is not None and float(m.weight.abs().max()) < 1e-6:  # zero-init residual BN
-                    m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 0.5 + 0.5)
-            for pname in ("gamma", "ls_gamma"):
-                p = getattr(m, pname, None)
-                if isinstance(p, nn.Parameter) and p.dim() == 1 and float(p.abs().max()) < 1e-3:
-                    p.copy_(torch.rand(p.shape, generator=gen) * 0.5 + 0.5)
-            if type(m).__name__ == "LayerScale" and float(m.gamma.abs().max()) < 1e-3:
-                m.gamma.copy_(torch.rand(m.gamma.shape, generator=gen) * 0.5 + 0.5)
-        if hasattr(model, "get_classifier"):
-            for m in _modules(model.get_classifier()):
-                if isinstance(m, nn.Linear | nn.Conv2d):
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / m.weight.shape[1] ** 0.5)
-                    if m.bias is not None:
-                        m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+    """Make random-init quirks visible, with the sweep's own steps: BatchNorm statistics that are
+    not the identity, residual and layer scales woken from zero, a classifier re-drawn, so that a
+    folding or backward-rule bug cannot pass on zeros or on identity statistics."""
+    from cnnviz.sweep.build import perturb_batchnorm, randomize_classifier, wake_residual_scales
+
+    name = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+    # wider than the sweep's ranges: tests want large departures from the identity
+    perturb_batchnorm(model, seed, var=(0.5, 2.0))
+    wake_residual_scales(model, f"{name}:{seed}", scale=(0.5, 1.0))
+    randomize_classifier(model, name)
     return model
-
-
-def _modules(obj) -> list[nn.Module]:
-    if isinstance(obj, nn.Module):
-        return list(obj.modules())
-    if isinstance(obj, tuple | list):
-        return [m for o in obj for m in _modules(o)]
-    return []
 
 
 def make_model(name: str, seed: int = 0, **kwargs) -> nn.Module:

@@ -39,7 +39,7 @@ def placeholder(size: tuple[int, int], title: str, reason: str) -> Image.Image:
     tile = Image.new("RGB", size, (225, 225, 225))
     draw = ImageDraw.Draw(tile)
     font = ImageFont.load_default(size=max(10, size[0] // 18))
-    chars = max(12, int(size[0] / (font.size * 0.55)))
+    chars = max(12, int(size[0] / (getattr(font, "size", 11) * 0.55)))
     words, lines, line = f"{title} does not apply here: {reason}".split(), [], ""
     for word in words:
         if len(line) + len(word) + 1 > chars:

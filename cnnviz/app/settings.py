@@ -6,7 +6,6 @@ with a message a visitor can act on; the UI shows it as a `gr.Error`.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -22,6 +21,7 @@ from PIL import Image
 
 import cnnviz
 from cnnviz import zoo
+from cnnviz.common import close_matches, did_you_mean, env_flag
 from cnnviz.zoo import budget, hub, packaged
 from cnnviz.zoo.preprocess import to_rgb
 
@@ -33,18 +33,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = ROOT / "examples"
 SUPPORT_SUMMARY = ROOT / "support" / "summary.md"
 TOP1 = "top-1 (predicted class)"
-FINAL = "final map (default)"
+FINAL_LABEL = "final map (default)"
+"""The layer dropdown's entry for the engine's own choice of layer (`Anatomy.source`)."""
 MAX_IMAGE_SIDE = 2048  # larger uploads are shrunk first: the model sees ~224 px anyway
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-
-
-def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in _TRUE | _FALSE:
-        return raw in _TRUE
-    raise ValueError(f"environment variable {name}={raw!r} must be one of {sorted(_TRUE | _FALSE)}")
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int, low: int = 1) -> int:
@@ -113,7 +104,7 @@ class AppSettings:
         hub_weights = weights == "hub" or (weights == "auto" and hub.hub_has_weights(hub_default_id()))
         return cls(
             weights=weights,
-            allow_any_model=_env_flag(env, "CNNVIZ_ALLOW_ANY_MODEL", not on_spaces),
+            allow_any_model=env_flag(env, "CNNVIZ_ALLOW_ANY_MODEL", not on_spaces),
             default_model=env.get("CNNVIZ_DEFAULT_MODEL", "").strip()
             or default_model_id(weights, hub_weights),
             queue_size=_env_int(env, "CNNVIZ_QUEUE_SIZE", 16),
@@ -225,11 +216,10 @@ def resolve_model(name: str | None, settings: AppSettings) -> str:
         return by_label[name.lower()]
     if settings.allow_any_model:
         return name
-    close = difflib.get_close_matches(name, ids, n=3, cutoff=0.4)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    hint = did_you_mean(close_matches(name, ids, cutoff=0.4))
     raise ValueError(
         f"model {name!r} is not in this deployment's list (CNNVIZ_ALLOW_ANY_MODEL is off); "
-        f"choose one of: {', '.join(ids)}.{hint}"
+        f"choose one of: {', '.join(ids)}{hint}"
     )
 
 
@@ -259,7 +249,7 @@ def method_status(anatomy: Anatomy, layer: str | None) -> tuple[list[tuple[str, 
     """
     choices, refused = [], {}
     for method in cnnviz.list_methods():
-        reason = method.refusal(anatomy, layer_is_final=layer is None)
+        reason = method.refusal(anatomy, anatomy.is_final(layer))
         if reason:
             refused[method.id] = reason
         choices.append((f"{method.label} (n/a)" if reason else method.label, method.id))
@@ -302,22 +292,22 @@ def parse_target(value: str | int | None, class_names: Sequence[str]) -> int | N
         if text.lower() in (s.strip() for s in name.split(",")):
             return index
     synonyms = sorted({s.strip() for name in lowered for s in name.split(",")})
-    close = difflib.get_close_matches(text.lower(), synonyms, n=3, cutoff=0.6)
-    hint = f" Close matches: {', '.join(close)}." if close else ""
-    raise ValueError(f"target class {text!r} is not a class of this model; give a class index or name.{hint}")
+    hint = did_you_mean(close_matches(text.lower(), synonyms))
+    raise ValueError(f"target class {text!r} is not a class of this model; give a class index or name{hint}")
 
 
-def parse_layer(value: str | None, anatomy: Anatomy) -> str | None:
-    """None for the final map; otherwise one of `anatomy.stages`."""
-    if value is None or value.strip() in ("", "final", FINAL):
-        return None
+def parse_layer(value: str | None, anatomy: Anatomy) -> str:
+    """The layer to explain, by name: the engine's own choice (`anatomy.source`: the final map, or
+    for class-token models the layer the gradient reaches) for the dropdown's default entry, never
+    a curated override; otherwise one of `anatomy.stages`."""
+    if value is None or value.strip() in ("", "final", FINAL_LABEL):
+        return anatomy.source
     if value in anatomy.stages:
         return value
-    close = difflib.get_close_matches(value, list(anatomy.stages), n=3, cutoff=0.4)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    hint = did_you_mean(close_matches(value, anatomy.stages, cutoff=0.4))
     raise ValueError(
         f"layer {value!r} is not a stage of this model; choose 'final' or one of: "
-        f"{', '.join(anatomy.stages) or '(none)'}.{hint}"
+        f"{', '.join(anatomy.stages) or '(none)'}{hint}"
     )
 
 

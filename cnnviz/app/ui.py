@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import gradio as gr
 from PIL import Image
@@ -23,7 +23,7 @@ from cnnviz.app import settings as core
 
 log = logging.getLogger(__name__)
 
-LATEX = [
+LATEX: list[dict[str, str | bool]] = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "$", "right": "$", "display": False},
 ]
@@ -38,7 +38,7 @@ CSS = """
 .cnnviz-warn {background: #fef3c7; color: #92400e;}
 """
 PREDICTIONS = "Top-5 predictions"
-IMAGE_SOURCES = ["upload", "clipboard", "webcam"]
+IMAGE_SOURCES: list[Literal["upload", "webcam", "clipboard"]] = ["upload", "clipboard", "webcam"]
 UPLOAD_ONLY = "An image uploaded to this server (gradio_client's handle_file uploads a local file)."
 PROGRESS = gr.Progress()  # Gradio swaps in a tracker per event; a shared default is safe
 MODEL_EVENTS = "cnnviz-models"  # one concurrency group for every event that runs a model
@@ -61,7 +61,7 @@ def image_input(gate: guard.FileGate, **kwargs: Any) -> gr.Image:
         except guard.Refused as err:
             raise gr.Error(str(err), title="Image refused") from None
 
-    component.preprocess = functools.update_wrapper(checked, component.preprocess)
+    component.preprocess = functools.update_wrapper(checked, component.preprocess)  # type: ignore[method-assign]
     schema = {**component.api_info(), "description": UPLOAD_ONLY}
     component.api_info = functools.partial(dict, schema)
     return component
@@ -204,7 +204,10 @@ class App:
         return (
             gr.update(choices=choices, value=core.kept_methods(selected, refused)),
             core.refused_markdown(refused),
-            gr.update(choices=[core.FINAL, *model.anatomy.stages], value=core.FINAL),
+            gr.update(
+                choices=[core.FINAL_LABEL, *model.anatomy.stages],
+                value=model.default_layer or core.FINAL_LABEL,
+            ),
             gr.update(choices=core.class_choices(model.class_names), value=core.TOP1),
             core.anatomy_markdown(model),
             self.banner([model]),
@@ -213,7 +216,7 @@ class App:
     def on_layer(self, name: str, layer: str, selected: list[str] | None):
         """A layer was chosen: some methods (CAM) only apply at the final map."""
         model, _ = self.model(name)
-        chosen = core.parse_layer(layer, model.anatomy) or model.default_layer  # None: the final map
+        chosen = core.parse_layer(layer, model.anatomy)
         choices, refused = core.method_status(model.anatomy, chosen)
         methods = gr.update(choices=choices, value=core.kept_methods(selected, refused))
         return methods, core.refused_markdown(refused)
@@ -363,7 +366,10 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
                     allow_custom_value=True,  # the API may pass an index or a name; parse_target checks it
                 )
                 layer = gr.Dropdown(
-                    [core.FINAL], value=core.FINAL, label="Layer (CAM family)", allow_custom_value=True
+                    [core.FINAL_LABEL],
+                    value=core.FINAL_LABEL,
+                    label="Layer (CAM family)",
+                    allow_custom_value=True,
                 )
                 colormap = gr.Dropdown(list(render.COLORMAPS), value=render.COLORMAPS[0], label="Colormap")
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay strength")
@@ -386,7 +392,7 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
     top_state = gr.State([])
 
     model_outputs = [method_box, refused, layer, target, anatomy, banner]
-    on_model = dict(
+    on_model: dict[str, Any] = dict(
         fn=user_errors(app.on_model),
         inputs=[model, method_box],
         outputs=model_outputs,

@@ -108,7 +108,8 @@ def expand_images(items: list[str]) -> list[Path]:
 
 def _out_dirs(images: list[Path], out: Path) -> list[Path]:
     """OUT/<stem>, with -2, -3... when two images share a stem."""
-    dirs, seen = [], {}
+    dirs: list[Path] = []
+    seen: dict[str, int] = {}
     for image in images:
         n = seen.get(image.stem, 0) + 1
         seen[image.stem] = n

@@ -29,8 +29,7 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
 
 def applicability(anatomy: Anatomy) -> list[tuple[str, str | None]]:
     """(method id, reason it does not apply or None) for every method, at the default layer."""
-    final = anatomy.source == "forward_features"
-    return [(m.id, m.refusal(anatomy, final)) for m in cnnviz.list_methods()]
+    return [(m.id, m.refusal(anatomy, anatomy.is_final())) for m in cnnviz.list_methods()]
 
 
 def run_inspect(args: argparse.Namespace) -> int:

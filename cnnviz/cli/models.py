@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 
 from cnnviz import zoo
+from cnnviz.common import close_matches, did_you_mean, first_line
 
 from ..types import Anatomy
-from .util import UsageError, hint, positive_int
+from .util import UsageError, positive_int
 
 
 def add_models(sub: argparse._SubParsersAction) -> None:
@@ -34,8 +34,8 @@ def run_models(args: argparse.Namespace) -> int:
 
         names = timm.list_models(args.pattern)
         if not names:
-            close = difflib.get_close_matches(args.pattern, timm.list_models(), n=3, cutoff=0.5)
-            raise UsageError(f"PATTERN {args.pattern!r} matches no timm model" + hint(close))
+            close = close_matches(args.pattern, timm.list_models(), cutoff=0.5)
+            raise UsageError(f"PATTERN {args.pattern!r} matches no timm model" + did_you_mean(close))
         shown = names[: args.limit]
         if len(names) > len(shown):
             print(f"{len(names)} timm models match {args.pattern!r}; showing {len(shown)} (use --limit)")
@@ -48,7 +48,7 @@ def run_models(args: argparse.Namespace) -> int:
         try:
             anatomy = zoo.load_model(name, weights="random", device="cpu").anatomy
         except Exception as exc:  # one model that cannot be built does not stop the listing
-            print(f"{name:<{width}}  cannot inspect: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            print(f"{name:<{width}}  cannot inspect: {first_line(exc)}")
             continue
         layout, shape, cam = _describe(anatomy)
         print(f"{name:<{width}}  {layout:<6}  {shape:<12}  {anatomy.head_kind:<9}  {cam}", flush=True)

@@ -78,10 +78,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def hint(close: Sequence[str]) -> str:
-    return f"; did you mean {', '.join(close)}?" if close else ""
-
-
 def load(name: str, weights: str | None, device: str | None = None) -> zoo.Model:
     """`zoo.load_model`, with a wrong name, weights policy or device as a usage error."""
     try:

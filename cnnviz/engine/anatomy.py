@@ -23,7 +23,7 @@ from torch import nn
 from ..types import Anatomy
 from .capture import Members, capture_outputs, members, model_guard
 from .head import HeadFold, analyze_head, describe_head
-from .layout import FINAL, MapSpec, infer_spec, param_like, probe_input_size
+from .layout import FINAL, MapSpec, infer_spec, param_like, probe_input_size, timm_api
 from .rules import ActivationRules
 from .stages import feature_info, find_gradient_layer, matches, stage_names, stages_by_shape
 
@@ -130,13 +130,13 @@ def _inspect(model: nn.Module) -> Inspection:
     arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
     try:
         with torch.no_grad(), rules, capture_outputs(model, stages) as cap:
-            feats = model.forward_features(x)
-            logits = model.forward_head(feats)
+            feats = timm_api(model).forward_features(x)
+            logits = timm_api(model).forward_head(feats)
     except NotImplementedError as err:  # timm's encoders (*_enc) have no classification path
         raise AnatomyError(f"{arch} cannot classify, so there is nothing to explain: {err}") from err
     spec = infer_spec(feats, hw_in, model, final=True)
     num_classes = int(logits.shape[-1]) if isinstance(logits, torch.Tensor) and logits.dim() == 2 else 0
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    classifier = getattr(model, "get_classifier", lambda: None)()
     if isinstance(classifier, nn.Identity) or getattr(model, "num_classes", 1) == 0:
         num_classes = 0
 
@@ -182,7 +182,7 @@ def _inspect(model: nn.Module) -> Inspection:
     for name in stages:
         out = cap.outputs.get(name)
         s = infer_spec(out, hw_in, model)
-        if s is not None:
+        if s is not None and out is not None:
             kept_names.append(name)
             stage_shapes.append(tuple(int(v) for v in s.to_canonical(out).shape[1:]))
     missing = [w for w in feature_info(model) if not any(matches(sh, hw_in, *w) for sh in stage_shapes)]

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .layout import timm_api
+
 TOL = 1e-4  # relative, in float32; lower precisions get a few of their own epsilons
 
 
@@ -88,7 +90,7 @@ def analyze_head(model: nn.Module, spec, feats: torch.Tensor, logits: torch.Tens
         p = prefix
         if p is not None and p.shape[0] != c.shape[0]:
             p = p[:1].expand(c.shape[0], -1, -1)
-        return model.forward_head(spec.from_canonical(c, p))
+        return timm_api(model).forward_head(spec.from_canonical(c, p))
 
     with torch.no_grad():
         noise = torch.randn(canon.shape, generator=torch.Generator().manual_seed(1)).to(canon)
@@ -221,7 +223,7 @@ def describe_head(model: nn.Module, feats) -> str:
     handle = nn.modules.module.register_module_forward_hook(hook)
     try:
         with torch.no_grad():
-            model.forward_head(feats)
+            timm_api(model).forward_head(feats)
     finally:
         handle.remove()
     parts = [_describe_module(m) for m in called if not isinstance(m, _SKIP)]

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 
-FINAL = "forward_features"
-"""The layer name that means the final map, `forward_features`'s output."""
+from ..types import FINAL
+
+__all__ = ["FINAL", "MapSpec", "TimmClassifier", "infer_spec", "param_like", "probe_input_size", "timm_api"]
+
+
+class TimmClassifier(Protocol):
+    """timm's contract for classifiers: ``forward_head(forward_features(x)) == model(x)``."""
+
+    def forward_features(self, x: torch.Tensor) -> Any: ...
+
+    def forward_head(self, x: Any) -> torch.Tensor: ...
+
+
+def timm_api(model: nn.Module) -> TimmClassifier:
+    """`model` seen through timm's contract (a typed view: nothing is checked or wrapped)."""
+    return cast(TimmClassifier, model)
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,7 @@ class MapSpec:
             return t
         if self.layout == "NHWC":
             return t.permute(0, 3, 1, 2)
+        assert self.grid is not None, "a token layout always has a grid"
         h, w = self.grid
         return t[:, self.prefix :].reshape(t.shape[0], h, w, t.shape[-1]).permute(0, 3, 1, 2)
 
@@ -60,14 +76,14 @@ def _grid_for(n: int, hw_in: tuple[int, int], model: nn.Module | None) -> tuple[
     if pe is not None:
         if hasattr(pe, "dynamic_feat_size"):
             try:
-                g = tuple(int(v) for v in pe.dynamic_feat_size(hw_in))
-                if g[0] * g[1] == n:
-                    return g  # type: ignore[return-value]
+                dh, dw = (int(v) for v in pe.dynamic_feat_size(hw_in))
+                if dh * dw == n:
+                    return (dh, dw)
             except Exception:  # some patch embeddings need a tensor; fall back to the aspect rule
                 pass
-        g = getattr(pe, "grid_size", None)
-        if g is not None and len(g) == 2 and g[0] * g[1] == n:
-            return (int(g[0]), int(g[1]))
+        grid = getattr(pe, "grid_size", None)
+        if grid is not None and len(grid) == 2 and grid[0] * grid[1] == n:
+            return (int(grid[0]), int(grid[1]))
     ratio = hw_in[0] / hw_in[1]
     guess = math.sqrt(n * ratio)
     for h in sorted({max(1, math.floor(guess)), max(1, math.ceil(guess)), max(1, round(guess))}):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -10,9 +9,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..common import close_matches, did_you_mean
 from .anatomy import Inspection
 from .capture import Members, capture_outputs, model_guard
-from .layout import FINAL, MapSpec, infer_spec, param_like
+from .layout import FINAL, MapSpec, infer_spec, param_like, timm_api
 from .rules import RULES, ActivationRules, describe_rules
 
 TargetArg = int | Sequence[int] | torch.Tensor | None
@@ -105,11 +105,10 @@ def resolve_layer(model: nn.Module, insp: Inspection, layer: str | None) -> str:
     names = [n for n, _ in model.named_modules() if n]
     if layer in names:
         return layer
-    close = difflib.get_close_matches(layer, list(insp.anatomy.stages) + names, n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(close_matches(layer, list(insp.anatomy.stages) + names), quote=True)
     raise ValueError(
         f"unknown layer {layer!r}; use None (the final map), 'forward_features', one of the stages "
-        f"{list(insp.anatomy.stages)} or a module name from model.named_modules().{hint}"
+        f"{list(insp.anatomy.stages)} or a module name from model.named_modules(){hint}"
     )
 
 
@@ -212,11 +211,11 @@ def _forward(model: nn.Module, xin: torch.Tensor, plan: _Plan, layer: str, mode)
     else:
         grad_mode = torch.no_grad() if late else torch.enable_grad()
     with grad_mode, mode, capture as cap:
-        feats = model.forward_features(xin)
+        feats = timm_api(model).forward_features(xin)
         if late and layer == FINAL:
             feats = feats.detach().requires_grad_(True)
         with torch.enable_grad() if late else nullcontext():
-            logits = model.forward_head(feats)
+            logits = timm_api(model).forward_head(feats)
     return feats, logits, cap
 
 

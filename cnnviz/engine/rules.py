@@ -167,7 +167,10 @@ _ALPHA_CACHE: dict[int, tuple] = {}
 
 
 def _forget(key: int) -> Callable[[weakref.ref], None]:
-    return lambda _ref: _ALPHA_CACHE.pop(key, None)
+    def drop(_ref: weakref.ref) -> None:
+        _ALPHA_CACHE.pop(key, None)
+
+    return drop
 
 
 def _frozen_alpha(var, weight, eps: float, like: torch.Tensor) -> torch.Tensor:

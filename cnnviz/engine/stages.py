@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .capture import capture_outputs
-from .layout import MapSpec, infer_spec
+from .layout import MapSpec, infer_spec, timm_api
 
 
 def stage_names(model: nn.Module) -> list[str]:
@@ -73,7 +73,7 @@ def stages_by_shape(
         return False
 
     with torch.no_grad(), capture_outputs(model, None, keep):
-        model.forward_head(model.forward_features(x))
+        timm_api(model).forward_head(timm_api(model).forward_features(x))
     return [last[w] for w in wanted if w in last]
 
 
@@ -90,7 +90,7 @@ def find_gradient_layer(
     be taken where the class token still reads them (in a ViT, the last block's `norm1`).
     """
     with torch.no_grad():
-        final = model.forward_features(x[:1])
+        final = timm_api(model).forward_features(x[:1])
     width = final.shape[-1] if isinstance(final, torch.Tensor) and final.dim() == 3 else None
     for same_width in (True, False) if width else (False,):
         found = _search_gradient_layer(model, x, hw_in, width if same_width else None)
@@ -117,7 +117,7 @@ def _search_gradient_layer(
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         with capture_outputs(model, None, keep) as cap:
-            logits = model.forward_head(model.forward_features(xg))
+            logits = timm_api(model).forward_head(timm_api(model).forward_features(xg))
         names = list(cap.order)
         if not names:
             return None

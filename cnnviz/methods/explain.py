@@ -9,7 +9,6 @@ from torch import nn
 
 from ..engine.anatomy import inspection
 from ..engine.capture import members, model_guard
-from ..engine.layout import FINAL
 from ..engine.passes import Needs, Runner, TargetArg, resolve_layer, run_passes
 from ..types import Attribution, Explanation
 from .registry import Method, ParamsArg, Result, resolve_methods, resolve_params
@@ -52,7 +51,7 @@ def explain(
     insp = inspection(model, found)
     anatomy = insp.anatomy
     layer_name = resolve_layer(model, insp, layer)
-    layer_is_final = layer_name == FINAL
+    layer_is_final = anatomy.is_final(layer_name)
     refused: dict[str, str] = {}
     run: list[Method] = []
     for method in chosen:

@@ -11,7 +11,6 @@ row as JSON (for debugging); ``python -m cnnviz.sweep --write-catalog`` regenera
 from __future__ import annotations
 
 import datetime
-import difflib
 import json
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import timm
 
+from ..common import close_matches, did_you_mean
 from .names import SUPPORT, smoke_models, write_catalog
 from .runner import Limits, finish, run
 from .summary import load_meta, summarize, write_summary
@@ -56,8 +56,7 @@ def select_names(pattern: str | None = None, families_smoke: bool = False) -> li
         smoke = smoke_models()
         names = [n for n in smoke if n in set(names)] if patterns else smoke
     if not names:
-        close = difflib.get_close_matches(pattern or "", timm.list_models(), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(close_matches(pattern or "", timm.list_models(), cutoff=0.5))
         raise ValueError(
             f"PATTERN: {pattern!r} matches no timm model (globs like 'resnet*', comma-separated){hint}"
         )
@@ -101,7 +100,7 @@ def run_sweep(
 
     limits = limits or Limits()
     explicit = names is not None
-    names = names if explicit else select_names(pattern, families_smoke)
+    names = names if names is not None else select_names(pattern, families_smoke)
     out = Path(out)
     cols = columns()
     t0 = time.monotonic()

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 import re
-import zlib
 from dataclasses import dataclass
 
 import timm
 import torch
-from timm.models import get_pretrained_cfg
+from timm.models import PretrainedCfg, get_pretrained_cfg
 from torch import nn
+
+from ..common import first_line, name_seed
 
 SMALL_SIDE = 160
 """Preferred input side: most models accept it, and it keeps the sweep's cost down."""
@@ -61,8 +62,11 @@ class Built:
     init_note: str
 
 
-def seed_for(name: str) -> int:
-    return zlib.crc32(name.encode("utf-8"))
+def _config(name: str) -> PretrainedCfg:
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        raise ValueError(f"{name}: timm has no pretrained config for it (not a timm model name?)")
+    return cfg
 
 
 def candidate_sizes(name: str, small: int = SMALL_SIDE) -> tuple[list[tuple[int, int, int]], str]:
@@ -71,8 +75,9 @@ def candidate_sizes(name: str, small: int = SMALL_SIDE) -> tuple[list[tuple[int,
     The short side goes down to `small` (not below the config's ``min_input_size``); a
     non-square input keeps its aspect ratio, both sides rounded to multiples of 32.
     """
-    cfg = get_pretrained_cfg(name)
-    native = tuple(int(v) for v in cfg.input_size)
+    cfg = _config(name)
+    c, h, w = (int(v) for v in cfg.input_size)
+    native = (c, h, w)
     # A "fixed input size" (ViT-like position tables, MLP-Mixer) is fixed once the model is
     # built: most of them build at another size through `img_size`, so it is still tried.
     short = min(native[1:])
@@ -88,7 +93,7 @@ def candidate_sizes(name: str, small: int = SMALL_SIDE) -> tuple[list[tuple[int,
 
 
 def _create(name: str, size: tuple[int, int, int], native: tuple[int, int, int], kwargs: dict) -> nn.Module:
-    torch.manual_seed(seed_for(name))
+    torch.manual_seed(name_seed(name))
     if size == native:
         return timm.create_model(name, pretrained=False, **kwargs)
     try:
@@ -96,13 +101,8 @@ def _create(name: str, size: tuple[int, int, int], native: tuple[int, int, int],
     except TypeError as exc:
         if "img_size" not in str(exc):
             raise
-    torch.manual_seed(seed_for(name))
+    torch.manual_seed(name_seed(name))
     return timm.create_model(name, pretrained=False, **kwargs)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def build(name: str, small: int = SMALL_SIDE, dtype: torch.dtype = torch.float32) -> Built:
@@ -111,8 +111,7 @@ def build(name: str, small: int = SMALL_SIDE, dtype: torch.dtype = torch.float32
     Raises:
         Whatever timm raises when the model cannot be created or run at its native size.
     """
-    cfg = get_pretrained_cfg(name)
-    head_added = not cfg.num_classes
+    head_added = not _config(name).num_classes
     kwargs = {"num_classes": DEFAULT_HEAD_CLASSES} if head_added else {}
     sizes, note = candidate_sizes(name, small)
     native = sizes[-1]
@@ -124,7 +123,8 @@ def build(name: str, small: int = SMALL_SIDE, dtype: torch.dtype = torch.float32
             module = None
             try:
                 module = _create(name, size, native, kwargs).eval()
-                module.pretrained_cfg = dict(module.pretrained_cfg, input_size=size)
+                cfg = dict(getattr(module, "pretrained_cfg", {}), input_size=size)
+                setattr(module, "pretrained_cfg", cfg)  # noqa: B010  (a plain attribute, not a submodule)
                 x = torch.randn(2, *size, generator=torch.Generator().manual_seed(1), dtype=dtype)
                 with torch.no_grad():
                     module(x)
@@ -134,7 +134,7 @@ def build(name: str, small: int = SMALL_SIDE, dtype: torch.dtype = torch.float32
                 retry = _patch_multiple(module, size, native, str(exc))
                 if retry and retry not in sizes:
                     sizes.insert(0, retry)
-                note = f"{size[1]}x{size[2]} failed ({_first_line(exc)})"
+                note = f"{size[1]}x{size[2]} failed ({first_line(exc)})"
                 continue
             if size == native and note and not note.startswith("native"):
                 note = f"native: {note}"
@@ -172,12 +172,12 @@ def _patch_multiple(
     return (3, h, w) if h <= native[1] and w <= native[2] and (h, w) != native[1:] else None
 
 
-def wake_residual_scales(module: nn.Module, name: str) -> int:
-    """Set vector parameters that start below 1e-3 (not biases, tokens or embeddings) to U(0.1, 0.3).
+def wake_residual_scales(module: nn.Module, name: str, scale: tuple[float, float] = (0.1, 0.3)) -> int:
+    """Set vector parameters that start below 1e-3 (not biases, tokens or embeddings) to U(*scale).
 
     Returns how many tensors were changed.
     """
-    gen = torch.Generator().manual_seed(seed_for(name) + 3)
+    gen = torch.Generator().manual_seed(name_seed(name) + 3)
     changed = 0
     with torch.no_grad():
         for pname, p in module.named_parameters():
@@ -185,7 +185,7 @@ def wake_residual_scales(module: nn.Module, name: str) -> int:
             if any(k in leaf for k in ("bias", "token", "embed", "pos")):
                 continue
             if p.numel() > 1 and p.numel() == max(p.shape) and float(p.detach().abs().amax()) < 1e-3:
-                p.copy_(0.1 + 0.2 * torch.rand(p.shape, generator=gen))
+                p.copy_(scale[0] + (scale[1] - scale[0]) * torch.rand(p.shape, generator=gen))
                 changed += 1
     return changed
 
@@ -205,13 +205,8 @@ def calibrate_batchnorm(module: nn.Module, x: torch.Tensor) -> str:
         with torch.no_grad():
             module(x)
     except Exception as exc:  # some models cannot run in training mode: perturb the statistics instead
-        gen = torch.Generator().manual_seed(2)
-        for m in norms:
-            if m.running_mean is not None:
-                m.reset_running_stats()
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
-                m.running_var.copy_(0.8 + 0.45 * torch.rand(m.running_var.shape, generator=gen))
-        return f"{len(norms)} BatchNorm layers perturbed (training-mode pass failed: {_first_line(exc)})"
+        perturb_batchnorm(module, seed=2)
+        return f"{len(norms)} BatchNorm layers perturbed (training-mode pass failed: {first_line(exc)})"
     finally:
         for m, momentum in saved:
             m.momentum = momentum
@@ -219,16 +214,34 @@ def calibrate_batchnorm(module: nn.Module, x: torch.Tensor) -> str:
     return f"{len(norms)} BatchNorm layers calibrated on a random batch"
 
 
+def perturb_batchnorm(module: nn.Module, seed: int, var: tuple[float, float] = (0.8, 1.25)) -> int:
+    """Draw every BatchNorm's running statistics at random (mean ~ N(0, 0.1^2), variance ~ U(*var)),
+    so that no layer is the identity a fresh BatchNorm is; returns how many layers were changed."""
+    gen = torch.Generator().manual_seed(seed)
+    changed = 0
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                assert m.running_var is not None, "BatchNorm tracks mean and variance together"
+                m.reset_running_stats()
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
+                spread = torch.rand(m.running_var.shape, generator=gen)
+                m.running_var.copy_(var[0] + (var[1] - var[0]) * spread)
+                changed += 1
+    return changed
+
+
 def classifier_modules(module: nn.Module, name: str) -> list[nn.Module]:
     """The final classifier(s): ``pretrained_cfg['classifier']`` names and `get_classifier()`."""
     found: list[nn.Module] = []
-    names = get_pretrained_cfg(name).classifier or ()
+    cfg = get_pretrained_cfg(name)
+    names = (cfg.classifier if cfg is not None else None) or ()
     for path in (names,) if isinstance(names, str) else names:
         try:
             found.append(module.get_submodule(path))
         except AttributeError:
             continue  # the config names a module this variant does not have; get_classifier covers it
-    head = module.get_classifier() if hasattr(module, "get_classifier") else None
+    head = getattr(module, "get_classifier", lambda: None)()
     for m in head if isinstance(head, tuple | list) else (head,):
         if isinstance(m, nn.Module) and all(m is not f for f in found):
             found.append(m)
@@ -237,7 +250,7 @@ def classifier_modules(module: nn.Module, name: str) -> list[nn.Module]:
 
 def randomize_classifier(module: nn.Module, name: str) -> int:
     """Re-draw the classifier's parameters; returns how many tensors were changed."""
-    gen = torch.Generator().manual_seed(seed_for(name) + 1)
+    gen = torch.Generator().manual_seed(name_seed(name) + 1)
     changed = 0
     with torch.no_grad():
         for head in classifier_modules(module, name):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import functools
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -25,7 +26,7 @@ SMOKE_TXT = SUPPORT / "smoke_models.txt"
 def count_on_meta(name: str) -> int:
     """Parameters of `name` (default config, plus a 1000-class head for feature towers)."""
     cfg = timm.models.get_pretrained_cfg(name)
-    kwargs = {} if cfg.num_classes else {"num_classes": 1000}
+    kwargs: dict[str, Any] = {} if cfg is not None and cfg.num_classes else {"num_classes": 1000}
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, **kwargs)
     return sum(p.numel() for p in model.parameters())

@@ -24,17 +24,13 @@ import cnnviz
 from cnnviz.methods.cam import BLANK
 from cnnviz.methods.registry import Evidence
 
-from .build import Built, build, seed_for
+from ..common import first_line, name_seed
+from .build import Built, build
 from .table import family_of, method_columns
 
 CAM_TOL = 1e-4
 CAM_TOL_BF16 = 2e-2
 """bfloat16 has 8 bits of mantissa: the identity holds to about 1e-2 there."""
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def probe(
@@ -82,7 +78,7 @@ def _inspect_and_explain(
     row.update(anatomy_columns(anatomy))
     row["t_inspect"] = round(time.perf_counter() - t1, 2)
     t2 = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed_for(row["name"]) + 2)
+    gen = torch.Generator().manual_seed(name_seed(str(row["name"])) + 2)
     x = torch.randn(1, *built.input_size, generator=gen, dtype=torch.float32).to(dtype)
     row.update(run_methods(built.module, x, anatomy, dtype, methods))
     row["t_explain"] = round(time.perf_counter() - t2, 2)
@@ -151,6 +147,7 @@ def run_methods(
     for m in ids:  # what a method's check compares with runs too (its columns are not written)
         run += [w for w in cnnviz.get_method(m).verify_with if w not in run]
     out: dict[str, object] = {}
+    results: dict[str, cnnviz.Explanation | Exception]
     try:
         ex = cnnviz.explain(model, x, methods=run, strict=False)
         results = {i: ex for i in run}
@@ -199,7 +196,7 @@ def check(method: str, ex: cnnviz.Explanation, ctx: Context) -> str:
     spec = cnnviz.get_method(method)
     if spec.family == "cam":
         at_source = ex[method].layer == ctx.anatomy.source
-        expected = (ctx.x.shape[0], *ctx.anatomy.shape[1:]) if at_source else None
+        expected: tuple[int, ...] | None = (ctx.x.shape[0], *ctx.anatomy.shape[1:]) if at_source else None
     else:
         expected = tuple(ctx.x.shape)
     if expected is not None and tuple(raw.shape) != expected:

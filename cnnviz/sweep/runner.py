@@ -135,7 +135,7 @@ class _Running:
     start: float
 
 
-def _context() -> mp.context.BaseContext:
+def _context() -> mp.context.ForkServerContext:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "timm", "cnnviz", "cnnviz.sweep.probe"])
     return ctx

@@ -6,6 +6,7 @@ import json
 import os
 import re
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from .table import STATUSES, read_rows
@@ -18,7 +19,7 @@ def method_ids_of(rows: list[dict[str, str]]) -> list[str]:
     return [k for k in keys if f"{k}_note" in keys]
 
 
-def _table(header: list[str], body: list[list[object]]) -> list[str]:
+def _table(header: list[str], body: Sequence[Sequence[object]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in body]
     return [*lines, ""]
@@ -59,11 +60,11 @@ _NUMBER = re.compile(r"\d+(\.\d+)?e[-+]\d+")
 
 def _reasons(rows: list[dict[str, str]], method: str, limit: int = 12) -> list[str]:
     # Reasons that differ only in a measured error ("relative error 4.8e-02") count as one.
-    c = Counter(_NUMBER.sub("…", r[f"{method}_note"]) for r in rows if r[method] == "refused")
+    c = Counter(_NUMBER.sub("…", str(r[f"{method}_note"])) for r in rows if r[method] == "refused")
     if not c:
         return []
-    body = [[n, reason] for reason, n in c.most_common(limit)]
-    rest = sum(c.values()) - sum(n for n, _ in body)
+    body: list[list[object]] = [[n, reason] for reason, n in c.most_common(limit)]
+    rest = sum(c.values()) - sum(n for _, n in c.most_common(limit))
     if rest:
         body.append([rest, f"({len(c) - limit} other reasons)"])
     return [
@@ -144,11 +145,11 @@ def _outcome(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
             ]
             if errs:
                 worst.append(f"{max(errs):.1e} in {dtype}")
-        worst = f"; largest relative error {', '.join(worst)}" if worst else ""
+        worst_text = f"; largest relative error {', '.join(worst)}" if worst else ""
         refused = sum(r["cam"] == "refused" for r in rows)
         lines.append(
             f"- CAM ok on {len(cam_ok)} models, each checked against `mean(CAM) + offset == logit`"
-            f"{worst}; refused with a reason on {refused}."
+            f"{worst_text}; refused with a reason on {refused}."
         )
     failed = [r for r in rows if any(r[m] == "failed" for m in ids)]
     lines.append(f"- Models with a failed method: {len(failed)}" + (" (see Failures)." if failed else "."))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def family_of(name: str) -> str:
     return timm.models.model_entrypoint(arch).__module__.rsplit(".", 1)[-1]
 
 
-def read_rows(path: str | Path) -> list[dict[str, str]]:
+def read_rows(path: str | os.PathLike) -> list[dict[str, str]]:
     """Rows of a sweep CSV ([] when the file does not exist); a partial file is fine."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
@@ -88,7 +89,7 @@ class RowWriter:
         ValueError: the file exists with other columns (e.g. written before a method was added).
     """
 
-    def __init__(self, path: str | Path, columns: list[str]):
+    def __init__(self, path: str | os.PathLike, columns: list[str]):
         self.path = Path(path)
         header = read_header(self.path)
         if header and set(header) == set(columns):
@@ -128,7 +129,7 @@ def _cell(value: object) -> object:
     return value
 
 
-def widen(path: str | Path, columns: list[str]) -> list[str]:
+def widen(path: str | os.PathLike, columns: list[str]) -> list[str]:
     """Give an existing CSV the columns it lacks (a method added since it was written), empty.
 
     Rows are kept as they are; the file is rewritten, the new columns inserted before the
@@ -160,7 +161,7 @@ def method_cells(method_id: str) -> list[str]:
     return [method_id, f"{method_id}_note", *cnnviz.get_method(method_id).measures]
 
 
-def sort_file(path: str | Path, columns: list[str]) -> int:
+def sort_file(path: str | os.PathLike, columns: list[str]) -> int:
     """Rewrite the CSV sorted by name, keeping the last row of a name; returns the row count."""
     rows = {r["name"]: r for r in read_rows(path)}
     path = Path(path)

@@ -20,7 +20,6 @@ model has them, else random weights. Every `Model` says where its weights came f
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import threading
@@ -36,6 +35,7 @@ from PIL import Image
 from timm.models import is_model_in_modules
 from torch import nn
 
+from ..common import close_matches, did_you_mean
 from ..engine import inspect
 from ..methods.explain import explain
 from ..types import Anatomy, Explanation
@@ -91,10 +91,10 @@ def weights_policy(weights: str | None = None, pretrained: bool | None = None) -
     if isinstance(weights, str) and weights.strip().lower() in WEIGHTS_POLICIES:
         weights = weights.strip().lower()
     if weights not in WEIGHTS_POLICIES:
-        close = difflib.get_close_matches(str(weights), WEIGHTS_POLICIES, n=1)
+        close = close_matches(weights, WEIGHTS_POLICIES, n=1)
         raise ValueError(
             f"{source}: unknown weights policy {weights!r}; allowed: {', '.join(WEIGHTS_POLICIES)}"
-            + (f"; did you mean {close[0]!r}?" if close else "")
+            + did_you_mean(close, quote=True)
         )
     return weights
 
@@ -174,8 +174,19 @@ class Model:
 
     @property
     def default_layer(self) -> str | None:
-        """The curated layer override, else None (the engine chooses)."""
-        return self.entry.overrides.layer if self.entry else None
+        """The curated layer override, else None (the engine chooses).
+
+        Raises:
+            ZooConfigError: the override names no stage of this model (models.yaml is wrong).
+        """
+        layer = self.entry.overrides.layer if self.entry else None
+        if layer is not None and layer not in self.anatomy.stages:
+            raise ZooConfigError(
+                f"models.yaml: overrides.layer of {self.name} is {layer!r}, which is not one of its stages "
+                f"({', '.join(self.anatomy.stages)})"
+                + did_you_mean(close_matches(layer, self.anatomy.stages), quote=True)
+            )
+        return layer
 
     @property
     def nbytes(self) -> int:

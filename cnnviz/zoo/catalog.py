@@ -23,7 +23,6 @@ naming the file, the line and the entry.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, fields
 from functools import cache
@@ -33,6 +32,7 @@ import timm
 import yaml
 from timm.models import get_pretrained_cfg
 
+from ..common import close_matches, did_you_mean
 from .packaged import FIELDS as _PACKAGED_KEYS
 from .packaged import PackagedWeights, field_problem
 
@@ -116,7 +116,7 @@ def pretrained_names() -> frozenset[str]:
 def timm_suggestions(name: str, n: int = 5) -> list[str]:
     """Close matches among timm architectures and pretrained names."""
     pool = sorted(pretrained_names() | set(timm.list_models()))
-    return difflib.get_close_matches(name, pool, n=n, cutoff=0.6)
+    return close_matches(name, pool, n=n)
 
 
 def parse_catalog(text: str, source: str = "models.yaml") -> tuple[ZooEntry, ...]:
@@ -158,8 +158,7 @@ def _mapping(node: yaml.Node, source: str, entry: str, allowed: tuple[str, ...])
         if not (isinstance(key_node, yaml.ScalarNode) and key_node.tag == _STR):
             raise ZooConfigError(f"{_where(key_node, source, entry)}: keys must be strings, got {key!r}")
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(close_matches(key, allowed, n=1), quote=True)
             raise ZooConfigError(
                 f"{_where(key_node, source, entry)}: unknown key {key!r} "
                 f"(allowed: {', '.join(allowed)}){hint}"
@@ -220,13 +219,13 @@ def _check_timm_id(model_id: str, node: yaml.Node, source: str, entry: str) -> N
             f"{where}: id must name the weights as arch.tag, e.g. {', '.join(tagged) or model_id + '.<tag>'}"
         )
     if model_id not in pretrained_names():
-        close = timm_suggestions(model_id)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(timm_suggestions(model_id))
         raise ZooConfigError(
             f"{where}: {model_id!r} is not a timm model with pretrained weights "
             f"(timm {timm.__version__}, see timm.list_models(pretrained=True)){hint}"
         )
-    num_classes = get_pretrained_cfg(model_id).num_classes
+    cfg = get_pretrained_cfg(model_id)
+    num_classes = cfg.num_classes if cfg is not None else None
     if num_classes != 1000:
         raise ZooConfigError(
             f"{where}: {model_id} has a {num_classes}-class head; curated models need ImageNet-1k weights"
@@ -264,8 +263,7 @@ def resolve_name(name: str) -> tuple[str, ZooEntry | None]:
     candidate = name.removeprefix("timm/")
     arch, _, tag = candidate.partition(".")
     if arch not in timm.list_models():
-        close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.6) + timm_suggestions(name)
-        hint = f"; did you mean {', '.join(dict.fromkeys(close))}?" if close else ""
+        hint = did_you_mean(close_matches(name, entries) + timm_suggestions(name))
         raise ValueError(
             f"name: unknown model {name!r}, neither a curated id (cnnviz.zoo.curated()) nor a timm "
             f"model name (timm.list_models()){hint}"
@@ -273,10 +271,10 @@ def resolve_name(name: str) -> tuple[str, ZooEntry | None]:
     if tag:
         tags = sorted(n.partition(".")[2] for n in pretrained_names() if n.startswith(f"{arch}."))
         if tag not in tags and _default_tag(arch) != tag:
-            close = difflib.get_close_matches(tag, tags, n=3, cutoff=0.5)
+            close = close_matches(tag, tags, cutoff=0.5)
             raise ValueError(
                 f"name: {arch} has no pretrained tag {tag!r}; its tags: {', '.join(tags) or 'none'}"
-                + (f"; did you mean {', '.join(f'{arch}.{t}' for t in close)}?" if close else "")
+                + did_you_mean([f"{arch}.{t}" for t in close])
             )
     else:
         default = _default_tag(arch)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,10 +27,11 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineMo
 from timm.models import get_pretrained_cfg, is_model_pretrained
 from torch import nn
 
+from ..common import is_true, name_seed
+
 _log = logging.getLogger(__name__)
 _HUB_LOCK = threading.Lock()
 _RNG_LOCK = threading.Lock()
-_TRUE = {"1", "ON", "YES", "TRUE"}
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.safetensors", "pytorch_model.bin")
 _HINT = "set CNNVIZ_WEIGHTS=auto or random to use random weights"
 
@@ -79,7 +79,7 @@ class HubSettings:
             cache = hf_constants.HF_HUB_CACHE
         for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
             if env.get(name):
-                offline = env[name].strip().upper() in _TRUE
+                offline = is_true(env[name])
                 break
         else:
             offline = bool(hf_constants.HF_HUB_OFFLINE)
@@ -93,7 +93,7 @@ def weights_in_cache(name: str, settings: HubSettings) -> bool:
         return False
     if cfg.hf_hub_id:
         repo, _, revision = cfg.hf_hub_id.partition("@")
-        files = _WEIGHT_FILES
+        files: tuple[str, ...] = _WEIGHT_FILES
         if cfg.hf_hub_filename:
             stem = cfg.hf_hub_filename.rsplit(".", 1)[0]
             files = (cfg.hf_hub_filename, f"{stem}.safetensors")
@@ -104,7 +104,7 @@ def weights_in_cache(name: str, settings: HubSettings) -> bool:
             for f in files
         )
     if cfg.url:  # a few legacy weights live at a plain URL, cached by torch.hub
-        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name).is_file()
+        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(str(cfg.url)).path).name).is_file()
     return False
 
 
@@ -179,5 +179,5 @@ def random_module(name: str) -> nn.Module:
     reproducibility, not the model.
     """
     with _RNG_LOCK, torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(zlib.crc32(name.encode("utf-8")))
+        torch.random.default_generator.manual_seed(name_seed(name))
         return timm.create_model(name, pretrained=False)

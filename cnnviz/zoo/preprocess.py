@@ -124,9 +124,11 @@ class Preprocessor:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """(3, H, W) normalized float tensor for one image of any mode."""
-        x = self.model_view(image)
+        x: Any = self.model_view(image)
         for step in self.steps[self._split :]:
             x = step(x)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"transform: its last step returned {type(x).__name__}, not a tensor")
         return x
 
     def seen_box(self, image: Image.Image) -> tuple[float, float, float, float]:

@@ -56,7 +56,7 @@ def explain(client, methods, target=core.TOP1, image=EXAMPLE, model="test_resnet
         model,
         methods,
         target,
-        core.FINAL,
+        core.FINAL_LABEL,
         render.COLORMAPS[0],
         0.5,
         api_name="/explain",
@@ -153,7 +153,7 @@ def test_readme_client_example_runs(client, capsys):
 def test_concurrent_requests_all_succeed(client):
     jobs = [
         client.submit(
-            gradio_client.handle_file(str(EXAMPLE)), "test_resnet", ["cam"], core.TOP1, core.FINAL,
+            gradio_client.handle_file(str(EXAMPLE)), "test_resnet", ["cam"], core.TOP1, core.FINAL_LABEL,
             render.COLORMAPS[0], 0.5, api_name="/explain",
         )
         for _ in range(3)
@@ -259,7 +259,7 @@ def test_target_and_layer_parsing():
     with pytest.raises(ValueError, match="goldfish"):
         core.parse_target("goldfsh", names)
     anatomy = cnnviz.inspect(timm.create_model("test_resnet"))
-    assert core.parse_layer(core.FINAL, anatomy) is None
+    assert core.parse_layer(core.FINAL_LABEL, anatomy) == anatomy.source
     assert core.parse_layer(anatomy.stages[-1], anatomy) == anatomy.stages[-1]
     with pytest.raises(ValueError, match="not a stage"):
         core.parse_layer("layer99", anatomy)
@@ -274,11 +274,17 @@ def test_methods_and_support_pages_come_from_the_registry_and_zoo():
     page = core.methods_markdown()
     for m in cnnviz.list_methods():
         assert f"(`{m.id}`)" in page and m.url in page and m.formula.strip() in page
-    support = core.support_markdown()
-    if core.SUPPORT_SUMMARY.is_file():
-        assert support == core.SUPPORT_SUMMARY.read_text(encoding="utf-8")
-    else:
-        assert all(f"`{e.id}`" in support for e in cnnviz.zoo.curated())
+
+
+def test_support_page_shows_the_sweep_summary_else_the_curated_list(tmp_path, monkeypatch):
+    summary = tmp_path / "summary.md"
+    summary.write_text("# a sweep summary written by this test\n", encoding="utf-8")
+    monkeypatch.setattr(core, "SUPPORT_SUMMARY", summary)
+    assert core.support_markdown() == summary.read_text(encoding="utf-8")
+    monkeypatch.setattr(core, "SUPPORT_SUMMARY", tmp_path / "missing.md")
+    page = core.support_markdown()
+    assert "has not been run" in page
+    assert all(f"`{e.id}`" in page for e in cnnviz.zoo.curated())
 
 
 def test_downloads_folder_prunes_old_zips():

@@ -10,7 +10,7 @@ from torch import nn
 import cnnviz
 from cnnviz.methods import method_ids
 
-# name: (layout, head kind, CAM exact) -- the facts of ZOO-FACTS.md, one or more per family
+# name: (layout, head kind, CAM exact), one or more per family, as the support sweep measured them
 FAMILIES = {
     "test_resnet": ("NCHW", "linear", True),  # resnet: GAP + Linear
     "test_efficientnet": ("NCHW", "linear", True),  # efficientnet (SiLU, SE gates)

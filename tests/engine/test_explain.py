@@ -256,8 +256,9 @@ def test_blank_grad_cam_says_why():
     # test_resnet's final map follows a ReLU, so it is >= 0: a class whose weights are all negative
     # has a negative weighted map at every position, which Grad-CAM's ReLU turns into a blank map.
     model = make_model("test_resnet")
-    with torch.no_grad():
+    with torch.no_grad():  # class 7 sees only negative weights, class 3 only positive ones
         model.fc.weight[7] = -model.fc.weight[7].abs() - 1e-3
+        model.fc.weight[3] = model.fc.weight[3].abs() + 1e-3
     x = input_for(model)
     ex = cnnviz.explain(model, x, ["grad_cam", "guided_grad_cam", "cam"], target=[7, 7])
     assert ex["cam"].raw.amax() < 0

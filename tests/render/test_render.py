@@ -264,19 +264,3 @@ def test_grid_rejects_mismatched_captions():
         render.grid([solid((4, 4), (0, 0, 0))], ["a", "b"])
     with pytest.raises(ValueError, match="ncols"):
         render.grid([solid((4, 4), (0, 0, 0))], ncols=0)
-
-
-def test_paste_on_original_maps_the_model_view_back_onto_its_box():
-    original = solid((100, 60), (0, 0, 200))
-    view = solid((224, 224), (255, 0, 0))
-    out = rgb(render.paste_on_original(original, view, (20, 10, 50, 40)))
-    assert out.shape == (60, 100, 3)
-    assert (out[10:40, 20:50] == [255, 0, 0]).all()
-    outside = np.ones((60, 100), dtype=bool)
-    outside[10:40, 20:50] = False
-    assert (out[outside] == [0, 0, 200]).all()
-    assert rgb(original)[25, 35].tolist() == [0, 0, 200]  # the original is untouched
-    dimmed = rgb(render.paste_on_original(original, view, (20.4, 10, 50, 40), dim_outside=0.5))
-    assert dimmed[0, 0, 2] == 100 and (dimmed[10:40, 20:50] == [255, 0, 0]).all()
-    with pytest.raises(ValueError, match="box"):
-        render.paste_on_original(original, view, (50, 10, 20, 40))

@@ -540,3 +540,34 @@ def test_failed_build_is_not_cached_and_can_be_retried(monkeypatch):
 
 def test_load_model_is_exported():
     assert cnnviz.load_model is zoo.load_model
+
+
+@pytest.mark.parametrize("layer", ["layer3", "layer9"])
+def test_a_curated_layer_override_is_the_default_and_must_be_a_stage(tmp_path, monkeypatch, layer):
+    from cnnviz.app import settings as app_settings
+    from cnnviz.types import FINAL
+
+    yaml_text = (
+        "models:\n  - id: resnet18.a1_in1k\n    label: ResNet-18\n    family: ResNet\n"
+        "    note: a test entry\n"
+        f"    overrides: {{layer: {layer}}}\n"
+    )
+    (tmp_path / "models.yaml").write_text(yaml_text)
+    monkeypatch.setenv("CNNVIZ_MODELS_YAML", str(tmp_path / "models.yaml"))
+    zoo.clear_cache()
+    try:
+        model = zoo.load_model("resnet18.a1_in1k", weights="random", device="cpu")
+        assert model.entry is not None and model.entry.overrides.layer == layer
+        if layer == "layer9":
+            with pytest.raises(zoo.ZooConfigError, match=r"overrides\.layer .*'layer9'.*did you mean"):
+                model.default_layer
+            return
+        image = Image.new("RGB", (64, 64), (120, 30, 200))
+        assert model.default_layer == "layer3"
+        assert model.explain(image, "grad_cam").layer == "layer3"
+        # the app's "final map (default)" means the engine's own choice, not the curated override
+        chosen = app_settings.parse_layer(app_settings.FINAL_LABEL, model.anatomy)
+        assert chosen == FINAL
+        assert model.explain(image, "grad_cam", layer=chosen).layer == FINAL
+    finally:
+        zoo.clear_cache()

@@ -22,8 +22,6 @@ def test_curated_entry_inspects_cleanly(entry):
     module = timm.create_model(entry.id, pretrained=False).eval()
     anatomy = cnnviz.inspect(module)
     assert anatomy.num_classes == 1000 and min(anatomy.shape) > 0
-    if entry.overrides.layer is not None:
-        assert entry.overrides.layer in anatomy.stages, f"override layer of {entry.id} is not a stage"
     pre = Preprocessor.for_model(module)
     assert tuple(pre.data_config["input_size"]) == tuple(module.pretrained_cfg["input_size"])
     assert len(class_names(module)) == 1000
