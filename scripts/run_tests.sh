@@ -31,12 +31,13 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 lint=0
 .venv/bin/ruff check . || lint=1
 .venv/bin/ruff format --check . || lint=1
+.venv/bin/mypy || lint=1
 # Serial: with 2 cores, pytest-xdist's `-n 2` measured no gain (each worker imports torch, timm and
 # gradio and builds its own fixtures: 74 CPU-s against 52 for the whole suite). Pass `-n 2` to try it.
 tests=0
 .venv/bin/python -m pytest "$@" || tests=$?
 if [[ "$lint" != 0 ]]; then
-    echo "run_tests.sh: ruff found problems (see above)" >&2
+    echo "run_tests.sh: ruff or mypy found problems (see above)" >&2
 fi
 if [[ "$tests" != 0 ]]; then
     exit "$tests"
