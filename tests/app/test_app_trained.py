@@ -62,7 +62,7 @@ def explain(client, image: str, model: str, methods=("grad_cam", "cam")):
         model,
         list(methods),
         core.TOP1,
-        core.FINAL,
+        core.FINAL_LABEL,
         render.COLORMAPS[0],
         0.5,
         api_name="/explain",

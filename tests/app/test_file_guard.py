@@ -82,7 +82,7 @@ def call(server: str, api: str, data: list, timeout: float = 120) -> tuple[str, 
 
 
 def explain_args(image: object) -> list:
-    return [image, "test_resnet", ["grad_cam"], core.TOP1, core.FINAL, render.COLORMAPS[0], 0.0]
+    return [image, "test_resnet", ["grad_cam"], core.TOP1, core.FINAL_LABEL, render.COLORMAPS[0], 0.0]
 
 
 def compare_args(image: object) -> list:

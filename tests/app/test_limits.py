@@ -39,7 +39,7 @@ def make_app(**changes) -> ui.App:
 
 def explain(app: ui.App, model: str = "test_resnet", methods=("grad_cam",)):
     picture = Image.open(EXAMPLE).convert("RGB")
-    args = (picture, model, list(methods), core.TOP1, core.FINAL, render.COLORMAPS[0], 0.5)
+    args = (picture, model, list(methods), core.TOP1, core.FINAL_LABEL, render.COLORMAPS[0], 0.5)
     return ui.user_errors(app.explain)(*args, progress=noop)
 
 
