@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 import cnnviz
 from cnnviz import render
 from cnnviz.app.settings import ModelPool, short_name, weights_note, weights_tag
+from cnnviz.zoo.record import explanation_record, method_entries
 
 if TYPE_CHECKING:
     from cnnviz.types import Explanation
@@ -199,17 +200,18 @@ def explain_one(
         label = cnnviz.get_method(mid).label
         gallery.append((placeholder(view.size, label, reason), f"{label} · not applicable"))
     top = top_k(ex, model.class_names)
-    meta = {
-        "model": model.name,
-        "weights": model.weights_source,
-        "weights_origin": model.weights_origin,
-        "weights_note": model.weights_note,
-        "target": {"index": tidx, "name": tname},
-        "layer": ex.layer,
-        "top5": [{"index": i, "name": n, "probability": p} for i, n, p in top],
-        "notes": notes,
-        "refused": dict(ex.refused),
-    }
+    bound = cnnviz.methods.resolve_params([cnnviz.get_method(m) for m in methods], params)
+    meta = explanation_record(
+        model,
+        ex,
+        image,
+        source="upload",
+        target_chosen="top-1" if target is None else "chosen",
+        methods=method_entries(
+            ex, bound, files=lambda mid: {"overlay": f"images/{mid}.png", "raw": f"maps/{mid}.npy"}
+        ),
+        render={"cmap": cmap, "alpha": alpha},
+    )
     write_zip(archive, arrays, pictures, meta)
     text = "\n".join(f"- **{cnnviz.get_method(m).label}**: {'; '.join(n)}" for m, n in notes.items() if n)
     return ExplainResult(tuple(top), tuple(gallery), archive, text)

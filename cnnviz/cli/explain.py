@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import timm
-import torch
 from PIL import Image, UnidentifiedImageError
 
 import cnnviz
 from cnnviz import render, zoo
+from cnnviz.zoo.record import RANDOM_WEIGHTS_NOTE, explanation_record, method_entries
 
 from .util import UsageError, fail, load, params_help, parse_methods, parse_params
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-RANDOM_WEIGHTS_NOTE = (
-    "random weights: the model is untrained, so the maps show how its architecture routes a "
-    "random classifier's score, not evidence it learned"
-)
 
 
 def add_explain(sub: argparse._SubParsersAction) -> None:
@@ -170,7 +164,6 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     view = model.model_view(image)
     view.save(out_dir / "input.png")
-    entries: dict[str, dict] = {}
     requested = [cnnviz.get_method(m) for m in [*ex.attributions, *ex.refused]]
     bound = cnnviz.methods.resolve_params(
         requested, parse_params(getattr(args, "param", None), [m.id for m in requested])
@@ -178,67 +171,15 @@ def write_outputs(
     for mid, att in ex.attributions.items():
         render.attribution_image(att, 0, view, cmap=args.cmap, alpha=args.alpha).save(out_dir / f"{mid}.png")
         np.save(out_dir / f"{mid}.npy", att.raw[0].cpu().numpy().astype(np.float32))
-        entries[mid] = {
-            "status": "ok",
-            "label": cnnviz.get_method(mid).label,
-            "layer": att.layer,
-            "notes": list(att.notes),
-            "overlay": f"{mid}.png",
-            "raw": f"{mid}.npy",
-            "raw_shape": list(att.raw.shape[1:]),
-            "params": dict(bound[mid]),
-        }
-        if att.offset is not None:
-            entries[mid]["offset"] = float(att.offset[0])
-    for mid, reason in ex.refused.items():
-        entries[mid] = {"status": "refused", "label": cnnviz.get_method(mid).label, "reason": reason}
-    manifest = build_manifest(model, image, image_path, ex, entries, args)
+    manifest = explanation_record(
+        model,
+        ex,
+        image,
+        source=str(image_path),
+        target_chosen="--target" if args.target is not None else "top-1",
+        methods=method_entries(ex, bound, files=lambda mid: {"overlay": f"{mid}.png", "raw": f"{mid}.npy"}),
+        render={"cmap": args.cmap, "alpha": args.alpha},
+    )
     path = out_dir / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
-
-
-def _class(model: zoo.Model, index: int, probs: torch.Tensor, logits: torch.Tensor) -> dict:
-    names = model.class_names
-    return {
-        "index": index,
-        "class_name": names[index] if index < len(names) else f"class {index}",
-        "probability": round(float(probs[index]), 6),
-        "logit": round(float(logits[index]), 6),
-    }
-
-
-def build_manifest(
-    model: zoo.Model, image: Image.Image, image_path: Path, ex: cnnviz.Explanation, entries: dict, args
-) -> dict:
-    logits = ex.logits[0].float().cpu()
-    probs = ex.probabilities[0].cpu()
-    top = torch.topk(probs, k=min(5, probs.numel()))
-    target = int(ex.targets[0])
-    return {
-        "image": str(image_path),
-        "image_size": list(image.size),
-        "seen_box": [round(float(v), 2) for v in model.seen_box(image)],
-        "model": {
-            "name": model.name,
-            "label": model.display_name,
-            "family": model.family,
-            "weights_source": model.weights_source,
-            "weights_origin": model.weights_origin,
-            "weights": RANDOM_WEIGHTS_NOTE
-            if model.random_weights
-            else f"trained weights: {model.weights_origin}",
-            "weights_note": model.weights_note,
-            "input_size": list(model.data_config.get("input_size", ())),
-        },
-        "anatomy": dataclasses.asdict(ex.anatomy),
-        "layer": ex.layer,
-        "target": {
-            **_class(model, target, probs, logits),
-            "chosen": "--target" if args.target is not None else "top-1",
-        },
-        "top5": [_class(model, int(i), probs, logits) for i in top.indices],
-        "methods": entries,
-        "render": {"cmap": args.cmap, "alpha": args.alpha},
-        "versions": {"cnnviz": cnnviz.__version__, "torch": torch.__version__, "timm": timm.__version__},
-    }

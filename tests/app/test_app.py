@@ -87,7 +87,10 @@ def test_explain_two_methods_returns_predictions_overlays_and_maps(client):
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
     top1 = predictions["label"]
     maps, meta = read_zip(archive)
-    assert core.short_name(meta["target"]["name"]) == top1 and meta["weights"] == "random"
+    assert (
+        core.short_name(meta["target"]["class_name"]) == top1 and meta["model"]["weights_source"] == "random"
+    )
+    assert meta["methods"]["grad_cam"]["raw"] == "maps/grad_cam.npy" and meta["target"]["chosen"] == "top-1"
 
     labels = [cnnviz.get_method(m).label for m in ("grad_cam", "guided_backprop")]
     assert [item["caption"].split(" · ")[0] for item in gallery] == labels
@@ -115,7 +118,7 @@ def test_target_class_changes_the_map_and_top1_index_reproduces_it(client):
     other_maps, other_meta = read_zip(other_zip)
     assert other_meta["target"]["index"] == other
     assert not np.allclose(other_maps["grad_cam"], maps["grad_cam"])
-    assert f" · {core.short_name(other_meta['target']['name'])} · " in gallery_other[0]["caption"]
+    assert f" · {core.short_name(other_meta['target']['class_name'])} · " in gallery_other[0]["caption"]
 
 
 def test_bad_file_gives_readable_error_and_server_keeps_serving(client, tmp_path):

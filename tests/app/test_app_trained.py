@@ -123,7 +123,8 @@ def test_default_model_is_trained_and_sees_the_espresso(client):
     assert all(item["caption"].endswith(f" · {origin}") for item in gallery)
     assert f"trained (ImageNet), from the {origin}" in anatomy and "random" not in anatomy
     meta = meta_of(archive)
-    assert (meta["model"], meta["weights"], meta["weights_origin"]) == (LITE[0], "packaged", origin)
+    model = meta["model"]
+    assert (model["name"], model["weights_source"], model["weights_origin"]) == (LITE[0], "packaged", origin)
 
 
 @pytest.mark.parametrize("name", LITE)
@@ -133,7 +134,7 @@ def test_explain_endpoint_sees_the_cat_and_the_espresso_on_each_lite_model(clien
     chelsea, gallery, _, _, archive = explain(client, "chelsea.jpg", name, methods=("grad_cam",))
     top3 = [c["label"] for c in chelsea["confidences"][:3]]
     assert CATS & set(top3), top3
-    assert meta_of(archive)["weights"] == "packaged" and "random" not in gallery[0]["caption"]
+    assert meta_of(archive)["model"]["weights_source"] == "packaged" and "random" not in gallery[0]["caption"]
 
 
 def test_compare_runs_the_three_trained_lite_models(client):
@@ -156,4 +157,4 @@ def test_compare_runs_the_three_trained_lite_models(client):
 def test_a_model_without_packaged_weights_runs_random_and_says_so(client):
     _predictions, gallery, anatomy, _notes, archive = explain(client, "coffee.jpg", RESNET, ("grad_cam",))
     assert gallery[0]["caption"].endswith(" · random weights") and "random weights" in anatomy
-    assert meta_of(archive)["weights"] == "random"
+    assert meta_of(archive)["model"]["weights_source"] == "random"
