@@ -45,25 +45,32 @@ def test_cam_identity_and_grad_cam_relation_on_trained_weights(name):
     assert ex.targets.tolist()[1] == 967  # espresso: the maps explain a real prediction
 
 
-def test_cam_equals_torchcam_on_trained_lite0(trained_lite0):
+# each photo's own class, then the other photo's: there the signed map is partly negative
+TARGETS = ([285, 967], [967, 285])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_cam_equals_torchcam_on_trained_lite0(trained_lite0, target):
     from torchcam.methods import CAM
 
     module, x = trained_lite0.module, _batch(trained_lite0)
-    ours = cnnviz.explain(module, x, ["cam"], target=[285, 967])["cam"].raw
+    ours = cnnviz.explain(module, x, ["cam"], target=target)["cam"].raw
     with CAM(module, target_layer="bn2", fc_layer="classifier", input_shape=tuple(x.shape[1:])) as extractor:
         with torch.no_grad():
             scores = module(x)
-        theirs = extractor([285, 967], scores, normalized=False)[0]  # ReLU(sum_k w_ck A_k), no bias
+        theirs = extractor(target, scores, normalized=False)[0]  # sum_k w_ck A_k: signed, no bias
     assert theirs.shape == ours.shape and float(theirs.amax()) > 1
-    assert torch.allclose(torch.relu(ours), theirs, rtol=1e-4, atol=1e-5 * float(theirs.abs().max()))
+    assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5 * float(theirs.abs().max()))
+    assert bool((ours < 0).any()) == (target == TARGETS[1])
 
 
-def test_grad_cam_equals_captum_on_trained_lite0(trained_lite0):
+@pytest.mark.parametrize("target", TARGETS)
+def test_grad_cam_equals_captum_on_trained_lite0(trained_lite0, target):
     from captum.attr import LayerGradCam
 
     module, x = trained_lite0.module, _batch(trained_lite0)
-    ours = cnnviz.explain(module, x, ["grad_cam"], target=[285, 967])["grad_cam"].raw
-    theirs = LayerGradCam(module, module.bn2).attribute(x, target=[285, 967], relu_attributions=True)
+    ours = cnnviz.explain(module, x, ["grad_cam"], target=target)["grad_cam"].raw
+    theirs = LayerGradCam(module, module.bn2).attribute(x, target=target, relu_attributions=True)
     module.zero_grad(set_to_none=True)
     theirs = theirs[:, 0].detach()
     assert float(theirs.amax()) > 0
@@ -72,7 +79,7 @@ def test_grad_cam_equals_captum_on_trained_lite0(trained_lite0):
 
 def test_vanilla_gradient_equals_autograd_on_trained_lite0(trained_lite0):
     module, x = trained_lite0.module, _batch(trained_lite0)
-    ours = cnnviz.explain(module, x, ["vanilla_gradient"], target=[285, 967])["vanilla_gradient"].raw
+    ours = cnnviz.explain(module, x, ["vanilla_gradient"], target=TARGETS[0])["vanilla_gradient"].raw
     xg = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(module(xg)[[0, 1], [285, 967]].sum(), xg)
     assert torch.allclose(ours, grad, rtol=1e-4, atol=1e-6 * float(grad.abs().max()))
