@@ -125,7 +125,7 @@ def hub_default_id() -> str:
 
 def trained_offline() -> list[zoo.ZooEntry]:
     """The curated models whose packaged weights are installed here (trained without the Hub)."""
-    return [e for e in zoo.packaged_models() if packaged.is_installed(e.packaged)]
+    return [e for e in zoo.packaged_models() if e.packaged is not None and packaged.is_installed(e.packaged)]
 
 
 def default_model_id(weights: str = "hub", hub_weights: bool = True) -> str:

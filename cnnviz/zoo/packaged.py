@@ -198,7 +198,7 @@ def locate(name: str, spec: PackagedWeights) -> tuple[Path, str]:
     installed = dist.version
     for entry in dist.files or ():
         if PurePosixPath(entry) == PurePosixPath(spec.file):
-            path = Path(dist.locate_file(entry))
+            path = Path(str(dist.locate_file(entry)))
             if path.is_file():
                 return path, installed
             break
