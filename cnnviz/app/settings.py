@@ -6,6 +6,8 @@ with a message a visitor can act on; the UI shows it as a `gr.Error`.
 
 from __future__ import annotations
 
+import csv
+import functools
 import math
 import os
 import re
@@ -32,6 +34,24 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = ROOT / "examples"
 SUPPORT_SUMMARY = ROOT / "support" / "summary.md"
+SUPPORT_CSV = ROOT / "support" / "sweep.csv"
+ANY = "any"
+#: Support table columns: (header, sweep.csv column).
+SUPPORT_COLUMNS = (
+    ("model", "name"),
+    ("family", "family"),
+    ("params (M)", "params_m"),
+    ("layout", "layout"),
+    ("head", "head_kind"),
+    ("CAM exact", "cam_exact"),
+    ("CAM", "cam"),
+    ("Grad-CAM", "grad_cam"),
+    ("guided Grad-CAM", "guided_grad_cam"),
+    ("gradient", "vanilla_gradient"),
+    ("deconvnet", "deconvnet"),
+    ("guided backprop", "guided_backprop"),
+    ("seconds", "t_total"),
+)
 TOP1 = "top-1 (predicted class)"
 FINAL_LABEL = "final map (default)"
 """The layer dropdown's entry for the engine's own choice of layer (`Anatomy.source`)."""
@@ -465,6 +485,46 @@ def methods_markdown() -> str:
             + "".join(f"- **Parameter** `{p.name}`: {p.describe().split(': ', 1)[1]}\n" for p in m.params)
         )
     return "\n---\n\n".join(parts)
+
+
+@functools.cache
+def support_rows() -> tuple[dict[str, str], ...]:
+    """The support sweep's rows (support/sweep.csv), read once; empty before the sweep has run."""
+    if not SUPPORT_CSV.is_file():
+        return ()
+    with SUPPORT_CSV.open(newline="", encoding="utf-8") as fh:
+        return tuple(csv.DictReader(fh))
+
+
+def support_choices(column: str) -> list[str]:
+    """`ANY`, then the values of one sweep column, sorted."""
+    return [ANY, *sorted({row.get(column, "") for row in support_rows()} - {""})]
+
+
+def support_table(
+    query: str = "", family: str = ANY, layout: str = ANY, cam_exact: str = ANY
+) -> tuple[list[str], list[list[object]]]:
+    """(headers, rows) of the sweep filtered by a model-name fragment, family, layout, CAM exactness.
+
+    Numbers stay numbers, so the table sorts them as numbers.
+    """
+    query = (query or "").strip().lower()[:100]
+    wanted = {"family": family, "layout": layout, "cam_exact": cam_exact}
+    rows = []
+    for row in support_rows():
+        if query and query not in row["name"].lower():
+            continue
+        if any(value not in (None, "", ANY) and row.get(key) != value for key, value in wanted.items()):
+            continue
+        rows.append([_number(row.get(column, "")) for _, column in SUPPORT_COLUMNS])
+    return [header for header, _ in SUPPORT_COLUMNS], rows
+
+
+def _number(text: str) -> object:
+    try:
+        return float(text) if text and text[0] in "0123456789" else text
+    except ValueError:
+        return text
 
 
 def support_markdown() -> str:

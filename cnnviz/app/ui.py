@@ -497,6 +497,34 @@ def _compare_tab(app: App, banner: gr.Markdown) -> None:
     ).success(user_errors(app.compare_notice), [models], [banner], api_visibility="undocumented")
 
 
+def _support_tab() -> None:
+    """The sweep as one table: filter by name, family, layout and CAM exactness; sort by any column."""
+    headers, rows = core.support_table()
+    if not rows:
+        gr.Markdown(core.support_markdown())
+        return
+    gr.Markdown(
+        f"{len(rows)} timm models, each built and explained by `cnnviz sweep` on random weights. "
+        "Filter below, or click a column's header to sort by it. *ok*: the method ran; "
+        "*refused*: it does not apply, with the reason in `support/sweep.csv`."
+    )
+    with gr.Row():
+        query = gr.Textbox(label="Model name contains", placeholder="e.g. resnet, vit_, convnext")
+        family = gr.Dropdown(core.support_choices("family"), value=core.ANY, label="Family", filterable=True)
+        layout = gr.Dropdown(core.support_choices("layout"), value=core.ANY, label="Layout")
+        cam = gr.Dropdown(core.support_choices("cam_exact"), value=core.ANY, label="CAM exact")
+    table = gr.Dataframe(
+        value=rows, headers=headers, interactive=False, max_height=640, wrap=False, elem_id="cnnviz-support"
+    )
+    filters = [query, family, layout, cam]
+    for control in filters:
+        control.change(
+            lambda *values: core.support_table(*values)[1], filters, table, api_visibility="undocumented"
+        )
+    with gr.Accordion("The sweep's summary", open=False):
+        gr.Markdown(core.support_markdown())
+
+
 def build(settings: core.AppSettings | None = None) -> gr.Blocks:
     """The whole app; nothing is loaded or run until a visitor (or the page's load event) asks."""
     app = App(settings or core.AppSettings.from_env())
@@ -515,7 +543,7 @@ def build(settings: core.AppSettings | None = None) -> gr.Blocks:
         with gr.Tab("Methods", id="methods"):
             gr.Markdown(core.methods_markdown(), latex_delimiters=LATEX)
         with gr.Tab("Support", id="support"):
-            gr.Markdown(core.support_markdown())
+            _support_tab()
     guard_inputs(demo, app.gate)
     describe_free_text(demo)
     demo.queue(max_size=app.settings.queue_size, default_concurrency_limit=app.settings.concurrency)

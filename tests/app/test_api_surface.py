@@ -57,3 +57,24 @@ def test_folders_left_by_crashed_runs_are_removed_at_start(tmp_path):
                 f.unlink()
             if folder.exists():
                 folder.rmdir()
+
+
+def test_the_support_table_filters_by_name_family_layout_and_cam():
+    headers, everything = core.support_table()
+    if not everything:  # before the sweep has run the tab shows the curated list
+        assert core.support_choices("family") == [core.ANY]
+        return
+    column = {h: i for i, h in enumerate(headers)}
+    assert len(everything) == len(core.support_rows()) > 1000
+    vits = core.support_table("VIT_")[1]
+    assert vits and all("vit_" in row[column["model"]] for row in vits) and len(vits) < len(everything)
+    exact_nhwc = core.support_table("", core.ANY, "NHWC", "True")[1]
+    assert exact_nhwc
+    assert all(r[column["layout"]] == "NHWC" and r[column["CAM exact"]] == "True" for r in exact_nhwc)
+    assert isinstance(everything[0][column["params (M)"]], float)  # sorts as a number
+    families = core.support_choices("family")
+    assert families[0] == core.ANY and "resnet" in families
+    assert all(r[column["family"]] == "resnet" for r in core.support_table(family="resnet")[1])
+    demo = ui.build(SETTINGS)
+    tables = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "cnnviz-support"]
+    assert len(tables) == 1 and len(tables[0].value["data"]) == len(everything)
