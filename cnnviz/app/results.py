@@ -267,7 +267,53 @@ def compare_grid(
                 cell = placeholder(row.view.size, label, ex.refused.get(mid, "not computed"))
             cells.append(cell.resize((CELL, CELL)))
             captions.append(f"{m.label or m.name} · {label}\n{top1}")
-    return render.grid(cells, captions, ncols=len(methods)), pictures, arrays
+    picture = render.grid(cells, captions, ncols=len(methods))
+    legend = scale_legend(ranges, methods, cmap, picture.width)
+    return (picture if legend is None else stack(picture, legend)), pictures, arrays
+
+
+LEGEND_ROW = 28  # pixels per method in the colour-scale legend
+
+
+def scale_legend(
+    scales: Mapping[str, tuple[Any, Any]], methods: Sequence[str], cmap: str, width: int
+) -> Image.Image | None:
+    """One line per method drawn on a shared scale: a colour bar from its lowest to highest value.
+
+    CAM-family columns share a (low, high) range, shown as a bar of `cmap` with both values;
+    gradient columns share one saturation magnitude, stated in words. None when nothing is shared.
+    """
+    lines = [(cnnviz.get_method(m).label, scales[m]) for m in methods if m in scales]
+    if not lines:
+        return None
+    width = max(width, 480)
+    font = ImageFont.load_default(size=13)
+    legend = Image.new("RGB", (width, 6 + LEGEND_ROW * len(lines)), (255, 255, 255))
+    draw = ImageDraw.Draw(legend)
+    label_w = max(int(draw.textlength(label, font=font)) for label, _ in lines) + 16
+    for i, (label, (low, high)) in enumerate(lines):
+        y = 6 + i * LEGEND_ROW
+        draw.text((8, y + 2), label, fill=(40, 40, 40), font=font)
+        if low is None:
+            text = f"grey at 0, full colour at ±{float(high):.3g} (all models)"
+            draw.text((label_w, y + 2), text, fill=(40, 40, 40), font=font)
+            continue
+        lo_text, hi_text = f"{float(low):.3g}", f"{float(high):.3g}"
+        x0 = label_w + int(draw.textlength(lo_text, font=font)) + 6
+        x1 = width - int(draw.textlength(hi_text, font=font)) - 14
+        bar = render.colorize(np.tile(np.linspace(0.0, 1.0, max(x1 - x0, 10)), (14, 1)), cmap)
+        legend.paste(bar, (x0, y + 3))
+        draw.text((label_w, y + 2), lo_text, fill=(40, 40, 40), font=font)
+        draw.text((x1 + 6, y + 2), hi_text, fill=(40, 40, 40), font=font)
+    return legend
+
+
+def stack(top: Image.Image, bottom: Image.Image) -> Image.Image:
+    """`top` above `bottom` on white, left-aligned."""
+    out = Image.new("RGB", (max(top.width, bottom.width), top.height + bottom.height), (255, 255, 255))
+    out.paste(top, (0, 0))
+    out.paste(bottom, (0, top.height))
+    return out
 
 
 def compare_table(rows: Sequence[CompareRow]) -> str:

@@ -480,7 +480,13 @@ def _compare_tab(app: App, banner: gr.Markdown) -> None:
             with gr.Row():
                 colormap = gr.Dropdown(list(render.COLORMAPS), value=render.COLORMAPS[0], label="Colormap")
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay strength")
-            shared = gr.Checkbox(value=True, label="One colour scale per method across models")
+            shared = gr.Checkbox(
+                value=False,
+                label="One colour scale per method across models",
+                info="Off: each map uses its own range, to compare where the models look. On: each "
+                "method's maps share one range, to compare how strong they are (a colour bar "
+                "under the grid gives the values).",
+            )
             run = gr.Button("Compare", variant="primary", elem_id="cnnviz-compare")
         with gr.Column(scale=3, min_width=360):
             grid = gr.Image(

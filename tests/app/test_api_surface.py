@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from cnnviz.app import results, ui
 from cnnviz.app import settings as core
 
@@ -78,3 +80,35 @@ def test_the_support_table_filters_by_name_family_layout_and_cam():
     demo = ui.build(SETTINGS)
     tables = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "cnnviz-support"]
     assert len(tables) == 1 and len(tables[0].value["data"]) == len(everything)
+
+
+def test_a_shared_scale_comes_with_a_colour_bar_and_is_not_the_default():
+    import numpy as np
+
+    from cnnviz import render, zoo
+
+    picture = Image.open(core.EXAMPLES_DIR / "chelsea.jpg").convert("RGB")
+    rows = []
+    for name in ("test_resnet", "test_convnext"):
+        model = zoo.load_model(name, weights="random")
+        ex = model.explain(model.preprocess(picture), ["grad_cam", "guided_backprop"], strict=False)
+        rows.append(results.CompareRow(model, ex, model.model_view(picture)))
+    methods = ["grad_cam", "guided_backprop"]
+    own, *_ = results.compare_grid(rows, methods, "jet", 0.5, shared=False)
+    shared, *_ = results.compare_grid(rows, methods, "jet", 0.5, shared=True)
+    assert shared.height == own.height + 6 + 2 * results.LEGEND_ROW
+    legend = np.asarray(shared)[own.height :]
+    bar = legend[6 + 3 + 7]  # the middle line of the first method's bar
+    colours = {tuple(px) for px in bar}
+    jet = {tuple(c) for c in np.asarray(render.colorize(np.linspace(0, 1, 200)[None], "jet"))[0]}
+    assert len(colours & jet) > 50  # the colormap's colours, from low to high
+    low, high = results.shared_scales(rows, methods)["grad_cam"]
+    assert low <= min(float(r.explanation["grad_cam"].raw.min()) for r in rows)
+    assert high >= max(float(r.explanation["grad_cam"].raw.max()) for r in rows)
+    demo = ui.build(SETTINGS)
+    box = next(
+        b
+        for b in demo.blocks.values()
+        if getattr(b, "label", "") == "One colour scale per method across models"
+    )
+    assert box.value is False and "where the models look" in box.info
