@@ -63,10 +63,11 @@ def time_budget(seconds: float | None) -> Iterator[None]:
 def release(err: BaseException) -> None:
     """Drop the local variables held by a failed call's traceback (a model, its activations)."""
     seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        traceback.clear_frames(err.__traceback__)
-        err = err.__cause__ or err.__context__
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

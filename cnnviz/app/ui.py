@@ -63,7 +63,7 @@ def image_input(gate: guard.FileGate, **kwargs: Any) -> gr.Image:
 
     component.preprocess = functools.update_wrapper(checked, component.preprocess)  # type: ignore[method-assign]
     schema = {**component.api_info(), "description": UPLOAD_ONLY}
-    component.api_info = functools.partial(dict, schema)
+    component.api_info = functools.partial(dict, schema)  # type: ignore[method-assign]
     return component
 
 
@@ -121,7 +121,7 @@ def guard_inputs(demo: gr.Blocks, gate: guard.FileGate) -> None:
             raise gr.Error(str(err), title="Input refused") from None
         return await original(block_fn, inputs, *args, **kwargs)
 
-    demo.preprocess_data = functools.update_wrapper(checked, original)
+    demo.preprocess_data = functools.update_wrapper(checked, original)  # type: ignore[method-assign]
 
 
 def describe_free_text(demo: gr.Blocks) -> None:
@@ -135,7 +135,7 @@ def describe_free_text(demo: gr.Blocks) -> None:
         if isinstance(block, gr.Dropdown) and block.allow_custom_value:
             text = {"type": "string"}
             schema = {"type": "array", "items": text} if block.multiselect else text
-            block.api_info = functools.partial(dict, schema)
+            block.api_info = functools.partial(dict, schema)  # type: ignore[method-assign]
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -523,10 +523,13 @@ def _support_tab() -> None:
         value=rows, headers=headers, interactive=False, max_height=640, wrap=False, elem_id="cnnviz-support"
     )
     filters = [query, family, layout, cam]
-    for control in filters:
-        control.change(
-            lambda *values: core.support_table(*values)[1], filters, table, api_visibility="undocumented"
-        )
+    gr.on(
+        [control.change for control in (query, family, layout, cam)],
+        lambda *values: core.support_table(*values)[1],
+        filters,
+        table,
+        api_visibility="undocumented",
+    )
     with gr.Accordion("The sweep's summary", open=False):
         gr.Markdown(core.support_markdown())
 
