@@ -13,6 +13,7 @@ resumable: rows already in ``OUT/rows`` are not computed again.
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ except ImportError as exc:  # an optional extra: the library, the app and the ot
 
 import cnnviz
 
-from .. import zoo
+from .. import evaluate, zoo
 from .inputs import InputError, Item, list_items
 from .store import (
     JobMismatchError,
@@ -101,6 +102,30 @@ def data_config(name: str) -> dict[str, Any]:
     return dict(timm.data.resolve_model_data_config(module))
 
 
+#: `cnnviz.evaluate.evaluate`'s options that a batch job may set (the rest it sets itself).
+METRIC_PARAMS = (
+    "steps",
+    "baseline",
+    "insertion_start",
+    "batch_size",
+    "tolerance",
+    "randomization_steps",
+    "seed",
+)
+
+
+def check_metric_params(params: dict[str, Any]) -> None:
+    """Raises ValueError for a parameter `cnnviz.evaluate` does not take, or a bad value."""
+    unknown = sorted(set(params) - set(METRIC_PARAMS))
+    if unknown:
+        raise ValueError(f"metric parameters: unknown {unknown}; known: {', '.join(METRIC_PARAMS)}")
+    signature = inspect.signature(evaluate.evaluate)
+    for key, value in params.items():
+        default = signature.parameters[key].default
+        if isinstance(default, int) and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ValueError(f"metric parameter {key}: expected an integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class BatchResult:
     """What a run did: the folder, rows in it, rows this run wrote, images/s, error rows."""
@@ -166,12 +191,8 @@ def run_batch(
     methods = tuple(dict.fromkeys(cnnviz.get_method(m).id for m in methods))
     metrics = tuple(dict.fromkeys(metrics))
     if metrics:
-        from .. import evaluate
-
-        known = [m.id for m in evaluate.list_metrics()]
-        unknown = [m for m in metrics if m not in known]
-        if unknown:
-            raise ValueError(f"metrics: unknown {unknown}; known: {', '.join(known)}")
+        metrics = tuple(m.id for m in evaluate.resolve_metrics(list(metrics)))
+    check_metric_params(metric_params or {})
     for name in models:
         zoo.resolve_name(name)
     if not models:
@@ -277,14 +298,11 @@ def write_summary(out: str | os.PathLike) -> Path:
     table = read_results(out, columns=[c for c in row_schema(metrics).names if c not in ("map",)])
     entries = summarize(table, metrics)
     write_csv(entries, out / "summary.csv")
-    labels, notes = {}, {}
-    if metrics:
-        from .. import evaluate
-
-        for m in evaluate.list_metrics():
-            labels[m.id] = getattr(m, "label", m.id)
-            direction = getattr(m, "direction", "")
-            notes[m.id] = f"{labels[m.id]}" + (f", {direction} is better" if direction else "")
+    labels = {m.id: m.label for m in evaluate.list_metrics()}
+    notes = {
+        m.id: f"{m.label} ({m.paper}): {m.direction} is better{'; needs a box' if m.needs_box else ''}."
+        for m in evaluate.list_metrics()
+    }
     plots = {}
     for m in metrics:
         path = out / "plots" / f"{m}.png"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -162,9 +162,11 @@ class ExplainBatch:
         target = given if given[0] >= 0 else None
         t0 = time.perf_counter()
         ex = self.model.explain(x, methods=spec.methods, target=target, layer=spec.layer, strict=False)
+        self._sync()
         explain_s = (time.perf_counter() - t0) / len(idx)
         t0 = time.perf_counter()
         scores = self._score(x, ex, batch, idx) if spec.metrics and ex.attributions else {}
+        self._sync()
         metrics_s = (time.perf_counter() - t0) / len(idx) if spec.metrics else 0.0
         probs = ex.probabilities.detach().float().cpu()
         top = torch.topk(probs, k=min(5, probs.shape[1]))
@@ -193,6 +195,11 @@ class ExplainBatch:
             out.append(image_rows)
         return out
 
+    def _sync(self) -> None:
+        """Wait for the GPU, so that the seconds per image are the work's, not its launch's."""
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
+
     def _map(self, ex: Explanation, method: str, j: int) -> dict[str, Any]:
         att = ex[method]
         raw = att.raw[j].detach().float()
@@ -212,11 +219,40 @@ class ExplainBatch:
     def _score(
         self, x: torch.Tensor, ex: Explanation, batch: Mapping[str, np.ndarray], idx: list[int]
     ) -> dict[str, dict[str, torch.Tensor]]:
+        """`cnnviz.evaluate.score` on the batch: metrics that need a box only on the images that
+        have one (NaN on the others), metrics a method's family does not define left out."""
         from .. import evaluate
 
+        params = {**dict(self.spec.metric_params), "strict": False}
+        chosen = evaluate.resolve_metrics(list(self.spec.metrics))
+        plain = [m.id for m in chosen if not m.needs_box]
+        boxed = [m.id for m in chosen if m.needs_box]
+        scores: dict[str, dict[str, torch.Tensor]] = {m: {} for m in ex.attributions}
+        if plain:
+            for method, values in evaluate.score(self.model.module, x, ex, plain, **params).items():
+                scores[method].update(values)
         boxes = torch.as_tensor(np.array(batch["input_box"][idx], dtype=np.float32))
-        params = dict(self.spec.metric_params)
-        return evaluate.score(self.model.module, x, ex, list(self.spec.metrics), boxes=boxes, **params)
+        have = [j for j in range(len(idx)) if bool(torch.isfinite(boxes[j]).all())]
+        if boxed and have:
+            sub = subset(ex, have)
+            found = evaluate.score(self.model.module, x[have], sub, boxed, boxes[have], **params)
+            for method, values in found.items():
+                for metric, value in values.items():
+                    full = torch.full((len(idx),), float("nan"))
+                    full[have] = value.float().cpu()
+                    scores[method][metric] = full
+        return scores
+
+
+def subset(ex: Explanation, rows: Sequence[int]) -> Explanation:
+    """The explanation of some of its images (same maps, logits and targets, those rows only)."""
+    index = torch.as_tensor(list(rows), dtype=torch.long)
+
+    def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[index.to(t.device)]
+
+    attributions = {m: replace(a, raw=pick(a.raw), offset=pick(a.offset)) for m, a in ex.attributions.items()}
+    return replace(ex, attributions=attributions, logits=pick(ex.logits), targets=pick(ex.targets))
 
 
 def _finite(value: Any) -> float | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 import cnnviz
@@ -278,9 +279,11 @@ def test_retry_errors_reads_failed_images_again(tmp_path, image_dir):
 
 
 def test_t_quantiles_and_intervals():
-    # Student's t 97.5% quantiles (tables) for df = 1, 10, 30, 40, 100, 1000
-    for df, t in [(1, 12.7062), (10, 2.2281), (30, 2.0423), (40, 2.0211), (100, 1.9840), (1000, 1.9623)]:
-        assert t975(df) == pytest.approx(t, abs=2e-4)
+    # Student's t 97.5% quantiles: the table's to 4 decimals, beyond it to 1e-5 (scipy.stats.t.ppf)
+    for df, t in [(1, 12.7062), (10, 2.2281), (30, 2.0423)]:
+        assert t975(df) == pytest.approx(t, abs=1e-4)
+    for df, t in [(31, 2.0395134), (40, 2.0210754), (100, 1.9839715), (1000, 1.9623390)]:
+        assert t975(df) == pytest.approx(t, abs=1e-5)
     mean, lo, hi = mean_interval([1.0, 2.0, 3.0, 4.0])
     half = 3.1824 * math.sqrt(5 / 3) / 2
     assert (mean, lo, hi) == pytest.approx((2.5, 2.5 - half, 2.5 + half), abs=1e-4)
@@ -366,3 +369,139 @@ def test_the_command_line_builds_without_pyarrow():
     code = "import sys; from cnnviz.cli import build_parser; build_parser(); print('pyarrow' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def _boxed_listing(tmp_path: Path, image_dir: Path) -> Path:
+    """coffee without a box (first, so that the box metrics' rows must be put back in place),
+    chelsea, rocket and astronaut with boxes, and the broken file."""
+    listing = tmp_path / "boxes.csv"
+    listing.write_text(
+        "path,target,box\n"
+        f"{image_dir / 'coffee.jpg'},,\n"
+        f"{image_dir / 'chelsea.jpg'},,60 20 300 280\n"
+        f"{image_dir / 'rocket.jpg'},,300 0 427 90\n"
+        f"{image_dir / 'astronaut.jpg'},3,150 0 380 230\n"
+        f"{image_dir / 'broken.jpg'},,\n"
+    )
+    return listing
+
+
+METRICS = ("deletion", "insertion", "average_drop", "pointing_game", "energy_in_box")
+
+
+def test_metric_columns_agree_with_evaluate_score(tmp_path, image_dir):
+    from cnnviz import evaluate
+    from cnnviz.batch.decode import to_input_box
+
+    out = tmp_path / "job"
+    methods = ("grad_cam", "vanilla_gradient")
+    params = {"steps": 5}
+    result = _run(
+        [str(_boxed_listing(tmp_path, image_dir))],
+        out,
+        methods=methods,
+        metrics=METRICS,
+        metric_params=params,
+    )
+    rows = read_results(out).to_pylist()
+    model = zoo.load_model(MODEL, weights="random")
+    by_key = {(Path(r["image"]).name, r["method"]): r for r in rows}
+    for name, target, box in (
+        ("coffee.jpg", None, None),
+        ("chelsea.jpg", None, (60, 20, 300, 280)),
+        ("rocket.jpg", None, (300, 0, 427, 90)),
+        ("astronaut.jpg", 3, (150, 0, 380, 230)),
+    ):
+        image = Image.open(image_dir / name)
+        x = model.preprocess(image)
+        ex = model.explain(x, methods=methods, target=target)
+        plain = evaluate.score(
+            model.module, x, ex, ["deletion", "insertion", "average_drop"], strict=False, **params
+        )
+        input_box = to_input_box(
+            np.array(box or (np.nan,) * 4, dtype=float), model.seen_box(image), (160, 160)
+        )
+        box_metrics = ["pointing_game", "energy_in_box"]
+        boxed = (
+            evaluate.score(model.module, x, ex, box_metrics, torch.tensor([input_box]), strict=False)
+            if box
+            else {}
+        )
+        for method in methods:
+            row = by_key[(name, method)]
+            for metric in ("deletion", "insertion", "average_drop"):
+                expected = plain[method].get(metric)
+                got = row[f"metric_{metric}"]
+                if expected is None:
+                    assert got is None, (name, method, metric)  # AD is defined for CAM-family maps only
+                else:
+                    assert got == pytest.approx(float(expected[0]), rel=1e-4, abs=1e-9), (
+                        name,
+                        method,
+                        metric,
+                    )
+            for metric in box_metrics:
+                if box:
+                    expected = float(boxed[method][metric][0])
+                    assert row[f"metric_{metric}"] == pytest.approx(expected, abs=1e-6), (name, method)
+                else:
+                    assert row[f"metric_{metric}"] is None  # no box, no localization metric
+    assert by_key[("broken.jpg", "grad_cam")]["status"] == "error"
+    assert by_key[("chelsea.jpg", "vanilla_gradient")]["metric_average_drop"] is None
+    assert by_key[("chelsea.jpg", "grad_cam")]["metric_average_drop"] is not None
+    # the summary: each metric's mean and interval, and a plot per metric
+    with (out / "summary.csv").open() as f:
+        summary = {r["method"]: r for r in csv.DictReader(f)}
+    deletions = [
+        by_key[(n, "grad_cam")]["metric_deletion"]
+        for n in ("chelsea.jpg", "coffee.jpg", "rocket.jpg", "astronaut.jpg")
+    ]
+    mean, lo, _ = mean_interval(deletions)
+    assert float(summary["grad_cam"]["deletion_mean"]) == pytest.approx(mean, rel=1e-5)
+    assert float(summary["grad_cam"]["deletion_lo"]) == pytest.approx(lo, rel=1e-5)
+    assert (
+        summary["grad_cam"]["pointing_game_n"] == "3" and summary["vanilla_gradient"]["average_drop_n"] == "0"
+    )
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == sorted(f"{m}.png" for m in METRICS)
+    md = result.summary.read_text()
+    assert (
+        "deletion (mean [95% CI], n)" in md
+        and "lower is better" in md
+        and "![deletion](plots/deletion.png)" in md
+    )
+
+
+def test_boxes_are_mapped_onto_what_the_model_sees():
+    from cnnviz.batch.decode import to_input_box
+
+    seen = (40.0, 10.0, 240.0, 110.0)  # the model's view: 200 x 100 pixels of the original
+    full = to_input_box(np.array(seen), seen, (50, 100))
+    assert full == pytest.approx((0.0, 0.0, 100.0, 50.0))
+    left_half = to_input_box(np.array([40.0, 10.0, 140.0, 110.0]), seen, (50, 100))
+    assert left_half == pytest.approx((0.0, 0.0, 50.0, 50.0))
+    inner = to_input_box(np.array([90.0, 35.0, 190.0, 60.0]), seen, (50, 100))
+    assert inner == pytest.approx((25.0, 12.5, 75.0, 25.0))
+    clipped = to_input_box(np.array([0.0, 0.0, 60.0, 500.0]), seen, (50, 100))
+    assert clipped == pytest.approx((0.0, 0.0, 10.0, 50.0))
+    assert all(math.isnan(v) for v in to_input_box(np.array([0.0, 0.0, 30.0, 5.0]), seen, (50, 100)))
+    assert all(math.isnan(v) for v in to_input_box(np.full(4, np.nan), seen, (50, 100)))
+
+
+def test_bad_metrics_and_parameters_are_refused_before_any_work(tmp_path, image_dir):
+    with pytest.raises(ValueError, match="unknown metric 'delete'"):
+        _run([str(image_dir / "chelsea.jpg")], tmp_path / "a", metrics=("delete",))
+    with pytest.raises(ValueError, match=r"unknown \['step'\]"):
+        _run(
+            [str(image_dir / "chelsea.jpg")], tmp_path / "b", metrics=("deletion",), metric_params={"step": 3}
+        )
+    with pytest.raises(ValueError, match="steps: expected an integer"):
+        _run(
+            [str(image_dir / "chelsea.jpg")],
+            tmp_path / "c",
+            metrics=("deletion",),
+            metric_params={"steps": "x"},
+        )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

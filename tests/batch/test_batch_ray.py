@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnviz.batch import read_results, run_batch
+from cnnviz.batch import list_items, read_results, run_batch
 from cnnviz.cli import main
 from cnnviz.raytools import worker_env
 from cnnviz.sweep import Limits, run_sweep
@@ -36,8 +36,22 @@ def ray_session():
         ray.shutdown()
 
 
+METRICS = ("deletion", "average_drop", "pointing_game")
+
+
 def _run(images, out, **kwargs):
-    return run_batch(images, MODELS, METHODS, out, weights="random", batch_size=3, **kwargs)
+    kwargs = {"metrics": METRICS, "metric_params": {"steps": 4}, **kwargs}
+    models = kwargs.pop("models", MODELS)
+    return run_batch(images, models, METHODS, out, weights="random", batch_size=3, **kwargs)
+
+
+def _listing(image_dir: Path, folder: Path) -> str:
+    """Every image of the folder, two of them with a box (for the pointing game)."""
+    boxes = {"chelsea.jpg": "60 20 300 280", "made_rgba.png": "10 10 120 100"}
+    lines = ["path,box"] + [f"{p},{boxes.get(p.name, '')}" for p in sorted(image_dir.rglob("*.*"))]
+    path = folder / "listing.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +59,13 @@ def jobs(ray_session, image_dir, tmp_path_factory):
     """The same job three ways: all local; all on Ray; begun locally (3 images, one model) and
     finished on Ray. Each Ray run is one Ray Data execution per model."""
     root = tmp_path_factory.mktemp("jobs")
-    images = [str(image_dir)]
-    first = sorted(str(p) for p in image_dir.glob("*.jpg") if p.name not in ("broken.jpg", "truncated.jpg"))[
-        :3
-    ]
+    images = [_listing(image_dir, root)]
     local = _run(images, root / "local", workers=1)
     ray = _run(images, root / "ray", use_ray=True, progress=False)
-    run_batch(first, MODELS[:1], METHODS, root / "mixed", weights="random")
+    first = [
+        i for i in list_items(images) if Path(i.path).name in ("chelsea.jpg", "coffee.jpg", "rocket.jpg")
+    ]
+    _run(first, root / "mixed", models=MODELS[:1])
     mixed = _run(images, root / "mixed", use_ray=True, progress=False)
     return local, ray, mixed
 
@@ -62,7 +76,11 @@ def test_ray_mode_gives_the_local_rows(jobs, same_rows):
     assert ray.rows == local.rows == 9 * len(MODELS) * len(METHODS) and ray.written == ray.rows
     parts = list((ray.out / "rows").glob("*.parquet"))
     assert parts and not any(p.name.startswith("part-") for p in parts)  # written by Ray's Parquet sink
-    same_rows(read_results(local.out).to_pylist(), read_results(ray.out).to_pylist())
+    local_rows = read_results(local.out).to_pylist()
+    same_rows(local_rows, read_results(ray.out).to_pylist())  # metrics to 1e-6
+    pointed = [r for r in local_rows if r["metric_pointing_game"] is not None]
+    assert {Path(r["image"]).name for r in pointed} == {"chelsea.jpg", "made_rgba.png"}
+    assert all(r["metric_deletion"] is not None for r in local_rows if r["status"] == "ok")
 
 
 def test_unreadable_images_are_recorded_and_skipped_on_ray(jobs):
@@ -86,7 +104,8 @@ def test_ray_address_selects_ray_mode_and_a_finished_job_submits_nothing(
 ):
     _, ray, _ = jobs
     monkeypatch.setenv("RAY_ADDRESS", "auto")  # the module's session is reused
-    argv = ["batch", str(image_dir), "--models", ",".join(MODELS), "--methods", ",".join(METHODS)]
+    argv = ["batch", _listing(image_dir, ray.out.parent), "--models", ",".join(MODELS)]
+    argv += ["--methods", ",".join(METHODS), "--metrics", ",".join(METRICS), "--metric-param", "steps=4"]
     code = main([*argv, "--weights", "random", "--out", str(ray.out), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0 and "0 new rows (0 image x model passes" in out and "ray mode" in out
