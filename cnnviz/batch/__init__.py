@@ -187,7 +187,10 @@ def run_batch(
     """
     from ..raytools import ray_requested
 
-    items = list(images) if images and isinstance(images[0], Item) else list_items(images)
+    if images and all(isinstance(i, Item) for i in images):
+        items = [i for i in images if isinstance(i, Item)]
+    else:
+        items = list_items([str(i) for i in images])
     methods = tuple(dict.fromkeys(cnnviz.get_method(m).id for m in methods))
     metrics = tuple(dict.fromkeys(metrics))
     if metrics:
@@ -308,7 +311,7 @@ def write_summary(out: str | os.PathLike) -> Path:
         path = out / "plots" / f"{m}.png"
         if plot_metric(entries, m, path, labels.get(m, m)):
             plots[m] = f"plots/{m}.png"
-    errors = {}
+    errors: dict[str, str] = {}
     for row in table.to_pylist():
         if row["status"] == "error":
             errors.setdefault(row["image"], row["error"])

@@ -71,7 +71,7 @@ def decode_one(row: Mapping[str, Any], data_config: Mapping[str, Any]) -> dict[s
     """One listed image -> input tensor, sizes, boxes; or a zero input and the error."""
     pre = preprocessor_for(data_config)
     _, h, w = data_config["input_size"]
-    out = {
+    out: dict[str, Any] = {
         "image": str(row["image"]),
         "path": str(row["path"]),
         "target": int(row["target"]),

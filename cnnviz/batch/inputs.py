@@ -143,7 +143,12 @@ def parse_box(value: object, at: str) -> tuple[float, float, float, float] | Non
     """(x0, y0, x1, y1) from ``"x0 y0 x1 y1"`` (spaces, commas or semicolons) or a list of four."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    parts = re.split(r"[\s,;]+", value.strip().strip("[]()")) if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        parts: list = re.split(r"[\s,;]+", value.strip().strip("[]()"))
+    elif isinstance(value, list | tuple):
+        parts = list(value)
+    else:
+        raise InputError(f"{at}: box {value!r} is not four numbers x0 y0 x1 y1")
     try:
         box = tuple(float(v) for v in parts if v != "")
     except (TypeError, ValueError):

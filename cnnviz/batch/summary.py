@@ -196,7 +196,9 @@ def plot_metric(entries: list[dict[str, Any]], metric: str, path: Path, label: s
     height = 0.8 / max(1, len(models))
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.45 * len(methods) * max(1, len(models)) ** 0.5))
     for k, model in enumerate(models):
-        ys, xs, err = [], [], [[], []]
+        ys: list[float] = []
+        xs: list[float] = []
+        err: list[list[float]] = [[], []]
         for e in points:
             if e["model"] != model:
                 continue

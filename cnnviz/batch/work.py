@@ -248,10 +248,13 @@ def subset(ex: Explanation, rows: Sequence[int]) -> Explanation:
     """The explanation of some of its images (same maps, logits and targets, those rows only)."""
     index = torch.as_tensor(list(rows), dtype=torch.long)
 
-    def pick(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t[index.to(t.device)]
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return t[index.to(t.device)]
 
-    attributions = {m: replace(a, raw=pick(a.raw), offset=pick(a.offset)) for m, a in ex.attributions.items()}
+    attributions = {
+        m: replace(a, raw=pick(a.raw), offset=None if a.offset is None else pick(a.offset))
+        for m, a in ex.attributions.items()
+    }
     return replace(ex, attributions=attributions, logits=pick(ex.logits), targets=pick(ex.targets))
 
 

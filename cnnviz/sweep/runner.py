@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import cast
 
 import torch
 
@@ -209,7 +210,7 @@ def run(
         if use_ray:
             from .ray_pool import run_on_ray
 
-            run_on_ray(list(queue), limits.small, probe_fn, method_ids, emit)
+            run_on_ray(list(queue), limits.small, cast(ProbeFn, probe_fn), method_ids, emit)
             return written
         while queue or running:
             while queue and _can_start(queue[0], running, limits.jobs):
