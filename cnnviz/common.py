@@ -12,6 +12,13 @@ import difflib
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 
+
+class ArgumentError(ValueError):
+    """A caller's argument names nothing that exists or contradicts another (a typo in a model
+    name, an unknown weights policy or device): the message says what is allowed. Front ends
+    report it as a usage error; other ValueErrors are failures of the work itself."""
+
+
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import cnnviz
 from cnnviz import zoo
+from cnnviz.common import ArgumentError
 
 
 class UsageError(ValueError):
@@ -81,9 +82,6 @@ def positive_int(text: str) -> int:
 def load(name: str, weights: str | None, device: str | None = None) -> zoo.Model:
     """`zoo.load_model`, with a wrong name, weights policy or device as a usage error."""
     try:
-        zoo.resolve_name(name)
-        zoo.weights_policy(weights)
-        zoo.resolve_device(device)
-    except ValueError as exc:
+        return zoo.load_model(name, weights=weights, device=device)
+    except ArgumentError as exc:
         raise UsageError(str(exc)) from None
-    return zoo.load_model(name, weights=weights, device=device)

@@ -35,7 +35,7 @@ from PIL import Image
 from timm.models import is_model_in_modules
 from torch import nn
 
-from ..common import close_matches, did_you_mean
+from ..common import ArgumentError, close_matches, did_you_mean
 from ..engine import inspect
 from ..methods.explain import explain
 from ..types import Anatomy, Explanation
@@ -81,7 +81,7 @@ def weights_policy(weights: str | None = None, pretrained: bool | None = None) -
     if pretrained is not None:
         implied = "hub" if pretrained else "random"
         if weights is not None and str(weights).strip().lower() != implied:
-            raise ValueError(
+            raise ArgumentError(
                 f"weights={weights!r} contradicts pretrained={pretrained}; pass only one of them"
             )
         return implied
@@ -92,7 +92,7 @@ def weights_policy(weights: str | None = None, pretrained: bool | None = None) -
         weights = weights.strip().lower()
     if weights not in WEIGHTS_POLICIES:
         close = close_matches(weights, WEIGHTS_POLICIES, n=1)
-        raise ValueError(
+        raise ArgumentError(
             f"{source}: unknown weights policy {weights!r}; allowed: {', '.join(WEIGHTS_POLICIES)}"
             + did_you_mean(close, quote=True)
         )
@@ -109,11 +109,11 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(
+        raise ArgumentError(
             f"{source}: {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')"
         ) from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{source}: {device!r} asks for CUDA, but torch.cuda.is_available() is False")
+        raise ArgumentError(f"{source}: {device!r} asks for CUDA, but torch.cuda.is_available() is False")
     return resolved
 
 

@@ -32,7 +32,7 @@ import timm
 import yaml
 from timm.models import get_pretrained_cfg
 
-from ..common import close_matches, did_you_mean
+from ..common import ArgumentError, close_matches, did_you_mean
 from .packaged import FIELDS as _PACKAGED_KEYS
 from .packaged import PackagedWeights, field_problem
 
@@ -255,7 +255,7 @@ def resolve_name(name: str) -> tuple[str, ZooEntry | None]:
         ValueError: unknown name or tag, with close matches.
     """
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"name: expected a curated id or a timm model name, got {name!r}")
+        raise ArgumentError(f"name: expected a curated id or a timm model name, got {name!r}")
     name = name.strip()
     entries = {e.id: e for e in curated()}
     if name in entries:
@@ -264,7 +264,7 @@ def resolve_name(name: str) -> tuple[str, ZooEntry | None]:
     arch, _, tag = candidate.partition(".")
     if arch not in timm.list_models():
         hint = did_you_mean(close_matches(name, entries) + timm_suggestions(name))
-        raise ValueError(
+        raise ArgumentError(
             f"name: unknown model {name!r}, neither a curated id (cnnviz.zoo.curated()) nor a timm "
             f"model name (timm.list_models()){hint}"
         )
@@ -272,7 +272,7 @@ def resolve_name(name: str) -> tuple[str, ZooEntry | None]:
         tags = sorted(n.partition(".")[2] for n in pretrained_names() if n.startswith(f"{arch}."))
         if tag not in tags and _default_tag(arch) != tag:
             close = close_matches(tag, tags, cutoff=0.5)
-            raise ValueError(
+            raise ArgumentError(
                 f"name: {arch} has no pretrained tag {tag!r}; its tags: {', '.join(tags) or 'none'}"
                 + did_you_mean([f"{arch}.{t}" for t in close])
             )

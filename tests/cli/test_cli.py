@@ -326,3 +326,29 @@ def test_param_reaches_the_method_and_the_manifest(capsys, tmp_path, monkeypatch
         assert "--param _cli_probe.k: int in [1, 9], default 2: a number" in out
     finally:
         registry._REGISTRY.pop("_cli_probe", None)
+
+
+def test_load_turns_only_argument_errors_into_usage_errors(monkeypatch):
+    from cnnviz import zoo
+    from cnnviz.cli.util import UsageError, load
+    from cnnviz.common import ArgumentError
+
+    for name, weights, device in (
+        ("resnt18", "random", None),
+        ("resnet18", "radnom", None),
+        ("resnet18", None, "tpu"),
+    ):
+        with pytest.raises(UsageError):
+            load(name, weights, device)
+    with pytest.raises(
+        ArgumentError, match="did you mean resnet18"
+    ):  # still a ValueError for library callers
+        cnnviz.load_model("resnt18", weights="random")
+
+    def broken(*args, **kwargs):
+        raise ValueError("a layer of this model rejects its own config")
+
+    monkeypatch.setattr(zoo, "load_model", broken)
+    with pytest.raises(ValueError, match="rejects its own config") as caught:
+        load("resnet18", "random")
+    assert not isinstance(caught.value, UsageError)  # a failure of the work, not of the command line
