@@ -43,6 +43,14 @@ def test_chance_levels_are_the_share_of_the_image():
     assert ev.chance(masks, "energy_in_box").item() == pytest.approx(0.5)
     grown = ev.chance(masks, "pointing_game", tolerance=10).item()
     assert grown == pytest.approx(50 / 80)
+    # a box in the middle, where the tolerance disk's corners count: the share of pixels within
+    # 10 px (Euclidean) of the box, counted pixel by pixel
+    box = ev.region_masks(torch.tensor([[20, 10, 40, 30]]), 1, HW)
+    rows, cols = torch.meshgrid(torch.arange(HW[0]), torch.arange(HW[1]), indexing="ij")
+    dx = torch.clamp(torch.maximum(20 - cols, cols - 39), min=0).float()
+    dy = torch.clamp(torch.maximum(10 - rows, rows - 29), min=0).float()
+    expect = ((dx.square() + dy.square()).sqrt() <= 10).float().mean()
+    assert ev.chance(box, "pointing_game", tolerance=10).item() == pytest.approx(expect.item())
     # a uniformly random map really scores that: the pointing game of many random maps
     gen = torch.Generator().manual_seed(0)
     hits = ev.pointing_game(torch.rand(2000, *HW, generator=gen), masks.expand(2000, -1, -1), HW, 10)
