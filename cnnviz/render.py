@@ -371,3 +371,52 @@ def grid(
                 draw.text((left, top + cell_h + k * line_h), line, fill=(0, 0, 0), font=font)
         top += cell_h + text_h[r] + pad
     return canvas
+
+
+# ----------------------------------------------------------------------------- evaluation curves
+
+
+def curves_figure(curves: dict, title: str = "", random_weights: bool = False, row: int = 0):
+    """A matplotlib figure: deletion and insertion curves side by side, one line per method,
+    each curve's area in the legend.
+
+    Args:
+        curves: method id -> an object with ``fractions`` (P,), ``deletion`` and ``insertion``
+            ((N, P) or None) tensors or arrays (`cnnviz.evaluate.Curves`).
+        title: the figure's title; random weights add a warning to it.
+        row: which image of the batch to draw.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.6), dpi=100)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, kind, better in ((axes[0], "deletion", "lower"), (axes[1], "insertion", "higher")):
+        for method, c in curves.items():
+            values = getattr(c, kind, None)
+            if values is None:
+                continue
+            x = np.asarray(c.fractions, dtype=np.float64)
+            y = np.asarray(values[row], dtype=np.float64)
+            ax.plot(x, y, label=f"{method} ({np.trapezoid(y, x):.3f})", lw=1.6)
+        ax.set_title(f"{kind} (area: {better} is better)", fontsize=10)
+        ax.set_xlabel("fraction of pixels " + ("removed" if kind == "deletion" else "restored"))
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8, loc="best")
+    axes[0].set_ylabel("probability of the class")
+    full = title + ("  [RANDOM WEIGHTS: untrained model]" if random_weights else "")
+    if full:
+        fig.suptitle(full, fontsize=10, color="crimson" if random_weights else "black")
+    fig.tight_layout()
+    return fig
+
+
+def curves_image(curves: dict, title: str = "", random_weights: bool = False, row: int = 0) -> Image.Image:
+    """`curves_figure` as an RGB PIL image."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = curves_figure(curves, title, random_weights, row)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())

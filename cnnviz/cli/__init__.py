@@ -1,4 +1,5 @@
-"""The ``cnnviz`` command line: explain images, list and inspect models, list methods, sweep timm.
+"""The ``cnnviz`` command line: explain and evaluate images, list and inspect models, list methods
+and metrics, sweep timm.
 
 Every choice (method ids, their descriptions) comes from the method registry; a wrong name gets
 close matches and exit code 2 with one line on stderr, never a traceback.
@@ -18,6 +19,7 @@ import cnnviz
 from cnnviz import zoo
 
 from .batch import add_batch, run_batch_command
+from .evaluate import add_evaluate, add_metrics, run_evaluate, run_metrics
 from .explain import add_explain, run_explain
 from .inspect import add_inspect, run_inspect
 from .methods import add_methods, run_methods
@@ -38,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cnnviz {cnnviz.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_explain(sub)
+    add_evaluate(sub)
     add_models(sub)
     add_inspect(sub)
     add_methods(sub)
+    add_metrics(sub)
     add_sweep(sub)
     add_batch(sub)
     return parser
@@ -48,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "explain": run_explain,
+    "evaluate": run_evaluate,
     "models": run_models,
     "inspect": run_inspect,
     "methods": run_methods,
+    "metrics": run_metrics,
     "sweep": run_sweep_command,
     "batch": run_batch_command,
 }
