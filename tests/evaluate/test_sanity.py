@@ -59,12 +59,15 @@ def test_randomization_runs_on_a_copy_and_leaves_the_model_untouched():
 
 def test_randomizing_the_classifier_changes_cam_and_the_correlations_are_of_the_maps():
     model = make_model("resnet18", num_classes=10)
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, 160, 160)  # a 5x5 map with both signs
     check = ev.model_randomization(model, x, ["cam"], steps=1)
     trained, randomized = check.maps["cam"]
     assert not torch.equal(trained, randomized)
+    assert bool((trained < 0).any() and (trained > 0).any())
     expect = sanity.spearman(trained.abs().flatten(1), randomized.abs().flatten(1))
     assert torch.equal(check.spearman_abs["cam"][0], expect)
+    signed = sanity.spearman(trained.flatten(1), randomized.flatten(1))
+    assert torch.equal(check.spearman_signed["cam"][0], signed) and not torch.equal(signed, expect)
     # CAM with a random classifier is a random mix of the same channels: far from the trained one
     assert check.spearman_signed["cam"][0, 0].abs() < 0.9
 
