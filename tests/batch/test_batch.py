@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import batch_fixtures
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -26,6 +27,10 @@ from cnnviz.batch import (
 )
 from cnnviz.batch.summary import mean_interval, t975
 from cnnviz.cli import main
+
+# the folder's fixtures (see batch_fixtures.py for why they are not in a conftest.py)
+image_dir = batch_fixtures.image_dir
+same_rows = batch_fixtures.same_rows
 
 MODEL = "test_resnet"
 METHODS = ("cam", "grad_cam", "vanilla_gradient", "guided_backprop")

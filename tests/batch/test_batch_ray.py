@@ -8,6 +8,7 @@ import os
 import signal
 from pathlib import Path
 
+import batch_fixtures
 import pytest
 import torch
 
@@ -16,6 +17,10 @@ from cnnviz.cli import main
 from cnnviz.raytools import worker_env
 from cnnviz.sweep import Limits, run_sweep
 from cnnviz.sweep.table import read_rows
+
+# the folder's fixtures (see batch_fixtures.py for why they are not in a conftest.py)
+image_dir = batch_fixtures.image_dir
+same_rows = batch_fixtures.same_rows
 
 pytestmark = pytest.mark.slow
 

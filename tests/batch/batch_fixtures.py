@@ -1,4 +1,7 @@
-"""Images for the batch tests: a few made here (modes and sizes the preprocessing must handle), the
+"""Fixtures of the batch tests, imported by their modules (not a conftest.py: other test folders
+import helpers from the top-level ``conftest``, and a second module of that name would shadow it).
+
+Images for the batch tests: a few made here (modes and sizes the preprocessing must handle), the
 shipped examples, and two files no decoder can read."""
 
 from __future__ import annotations
