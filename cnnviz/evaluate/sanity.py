@@ -199,6 +199,39 @@ def compare(
     return out
 
 
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+def private_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of `module` without its hooks.
+
+    The user's hooks (and whatever they hold: a CAM extractor keeps the last forward's
+    activations, tensors that cannot be deep-copied) must not run on, or be copied into, the
+    model that the check randomizes.
+    """
+    memo: dict[int, object] = {}
+    for m in module.modules():
+        for attr in _HOOK_DICTS:
+            hooks = m.__dict__.get(attr)
+            if hooks is not None:
+                memo[id(hooks)] = type(hooks)()
+    try:
+        return copy.deepcopy(module, memo)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"the model cannot be copied for the sanity check ({exc}); the check never changes the "
+            "model itself, so it needs a copy"
+        ) from exc
+
+
 def model_randomization(
     model,
     x: torch.Tensor,
@@ -259,7 +292,7 @@ def model_randomization(
     cascade_steps = cascade_steps[:steps]
     hw = (int(x.shape[-2]), int(x.shape[-1]))
     t0 = time.perf_counter()
-    clone = copy.deepcopy(module)
+    clone = private_copy(module)
     t_copy = time.perf_counter() - t0
     generator = torch.Generator().manual_seed(seed)
     known = inspection(module)  # cached: the trained model's own

@@ -128,3 +128,28 @@ def test_randomized_maps_equal_explaining_an_independently_randomized_copy():
     ex = cnnviz.explain(clone, x, ["cam", "grad_cam"], target=check.targets)
     assert torch.allclose(check.maps["cam"][2], ex["cam"].raw, atol=1e-5)
     assert torch.allclose(check.maps["grad_cam"][2], ex["grad_cam"].raw, atol=1e-5)
+
+
+def test_the_copy_leaves_the_users_hooks_behind():
+    """A CAM extractor's hook holds the last forward's activations (not deep-copyable): the check
+    copies the model without hooks, and the hook never sees the randomized copy."""
+    model = make_model("resnet18", num_classes=10)
+    seen = []
+    kept = {}
+
+    def hook(module, inputs, output):
+        seen.append(output.shape)
+        kept["out"] = output  # a non-leaf tensor when the forward builds a graph
+
+    handle = model.layer4.register_forward_hook(hook)
+    try:
+        x = torch.randn(1, 3, 64, 64)
+        model(x.requires_grad_(True))
+        ex = cnnviz.explain(model, x.detach(), ["grad_cam"])
+        seen.clear()
+        check = ev.model_randomization(model, x.detach(), ["grad_cam"], explanation=ex, steps=2)
+        # the copy's two steps never ran the user's hook
+        assert seen == [] and check.spearman_abs["grad_cam"].shape == (2, 1)
+        assert len(model.layer4._forward_hooks) == 1
+    finally:
+        handle.remove()
