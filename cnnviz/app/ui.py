@@ -398,6 +398,7 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
         outputs=model_outputs,
         api_visibility="undocumented",
         concurrency_id=MODEL_EVENTS,
+        show_progress_on=[anatomy],  # "loading <model>" over the anatomy panel, not over the short notes
     )
     model.change(**on_model)
     demo.load(**on_model)
@@ -406,6 +407,7 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
         [model, layer, method_box],
         [method_box, refused],
         api_visibility="undocumented",
+        show_progress="hidden",  # instant: an overlay would only flicker over the notes
     )
 
     explain_inputs = [image, model, method_box, target, layer, colormap, alpha, *param_inputs]

@@ -112,3 +112,12 @@ def test_a_shared_scale_comes_with_a_colour_bar_and_is_not_the_default():
         if getattr(b, "label", "") == "One colour scale per method across models"
     )
     assert box.value is False and "where the models look" in box.info
+
+
+def test_loading_progress_is_shown_on_the_anatomy_panel_not_over_the_methods_note():
+    config = ui.build(SETTINGS).get_config_file()
+    ids = {c["id"]: c["props"].get("elem_id") for c in config["components"]}
+    on_model = [d for d in config["dependencies"] if d["api_name"] in ("on_model", "on_model_1")]
+    assert on_model and all([ids[i] for i in d["show_progress_on"]] == ["cnnviz-anatomy"] for d in on_model)
+    on_layer = [d for d in config["dependencies"] if d["api_name"] == "on_layer"]
+    assert on_layer[0]["show_progress"] == "hidden"
