@@ -1,6 +1,6 @@
 """Attribution methods; importing this package fills the registry (one module per method family)."""
 
-from . import cam, composite, gradient  # noqa: F401  (registration side effect)
+from . import cam, cam_variants, composite, gradient, score_cam  # noqa: F401  (registration side effect)
 from .registry import (
     Method,
     Param,

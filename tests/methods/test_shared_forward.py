@@ -8,12 +8,17 @@ BatchNorm (alpha = 1) hides this; random statistics and trained weights do not.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
+from PIL import Image
 from torch import nn
 
 import cnnviz
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _wild_statistics(model: nn.Module, seed: int) -> nn.Module:
@@ -72,3 +77,17 @@ def test_vanilla_gradient_alone_equals_shared_on_more_statistics(seed):
     alone = cnnviz.explain(model, x, ["vanilla_gradient"])
     assert torch.equal(shared.logits, own)
     assert _rel(shared["vanilla_gradient"].raw, alone["vanilla_gradient"].raw) < 1e-5
+
+
+def test_trained_weights_keep_the_models_own_forward(trained_lite0):
+    """The packaged EfficientNet-Lite0 (trained batch-norm statistics, ReLU6): the rule passes
+    give the model's own logits bit for bit, and the plain gradient does not depend on company."""
+    model = trained_lite0.module
+    x = trained_lite0.preprocess(Image.open(EXAMPLES / "chelsea.jpg"))
+    with torch.inference_mode():
+        own = model(x)
+    shared = cnnviz.explain(model, x, ["vanilla_gradient", "guided_backprop", "deconvnet", "grad_cam"])
+    alone = cnnviz.explain(model, x, ["vanilla_gradient"])
+    assert torch.equal(shared.logits, own)
+    assert _rel(shared["vanilla_gradient"].raw, alone["vanilla_gradient"].raw) < 1e-5
+    assert _rel(alone["vanilla_gradient"].raw, _autograd(model, x, alone.targets)) < 1e-5
