@@ -90,8 +90,7 @@ def xgrad_cam(passes: Passes, params: Params, runner: Runner) -> Result:
     r"{\partial A^k_{ij}}\big)\,A^k_{ij}\Big)",
     summary="Each position weighted by its own positive gradient instead of the channel's average: "
     "finer maps, usable at shallow layers where Grad-CAM's averaged weights blur.",
-    warning="negative gradients are dropped position by position, so evidence against the class "
-    "never shows",
+    warning="negative gradients are dropped position by position, so evidence against the class never shows",
     cost="1 forward + 1 backward to the layer (shared with Grad-CAM)",
     requires=("a classifier", "a spatial map at the layer"),
     needs={"map", "map_grad"},
@@ -131,7 +130,7 @@ def principal_projection(m: torch.Tensor) -> torch.Tensor:
     singular vector is arbitrary: it is chosen so that the projection correlates positively with
     the map's mean over channels.
     """
-    b, c, h, w = m.shape
+    b, _, h, w = m.shape
     rows = m.detach().flatten(2).transpose(1, 2).double()  # (B, hw, C)
     rows = torch.nan_to_num(rows - rows.mean(1, keepdim=True))
     _, _, vh = torch.linalg.svd(rows, full_matrices=False)
@@ -161,7 +160,8 @@ def principal_projection(m: torch.Tensor) -> torch.Tensor:
 )
 def eigen_cam(passes: Passes, params: Params, runner: Runner) -> Result:
     proj = principal_projection(passes.map)
-    return rectified(passes, proj, "the projection", "class-independent: the first principal component of the map")
+    note = "class-independent: the first principal component of the map"
+    return rectified(passes, proj, "the projection", note)
 
 
 @register_method(

@@ -79,9 +79,7 @@ def distinct_masks(maps: torch.Tensor) -> tuple[list[list[int]], list[int | None
     requires=("a classifier", "a spatial map at the layer"),
     needs={"map"},
     check=grad_cam_check,
-    params=(
-        Param("batch_size", 32, "masked inputs per forward pass", low=1, high=1024),
-    ),
+    params=(Param("batch_size", 32, "masked inputs per forward pass", low=1, high=1024),),
 )
 def score_cam(passes: Passes, params: Params, runner: Runner) -> Result:
     a = passes.map

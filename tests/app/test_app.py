@@ -305,7 +305,7 @@ def test_method_parameters_are_inputs_built_from_the_registry(client):
     named = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/explain"]
     assert len(named["parameters"]) == 7 + len(specs)
     values = [p.default for _, p in specs]
-    at = [i for i, (mid, p) in enumerate(specs) if (mid, p.name) == ("score_cam", "batch_size")][0]
+    at = next(i for i, (mid, p) in enumerate(specs) if (mid, p.name) == ("score_cam", "batch_size"))
     values[at] = 4
     args = [gradio_client.handle_file(str(EXAMPLE)), "test_resnet", ["score_cam"], core.TOP1, core.FINAL]
     out = client.predict(*args, render.COLORMAPS[0], 0.5, *values, api_name="/explain")
@@ -313,6 +313,6 @@ def test_method_parameters_are_inputs_built_from_the_registry(client):
     values[at] = 0  # out of range: refused with the parameter's name and range, before any work
     with pytest.raises(Exception, match=r"batch_size"):
         client.predict(*args, render.COLORMAPS[0], 0.5, *values, api_name="/explain")
-    assert core.param_values(values[:at] + [None] + values[at + 1 :]).get("score_cam", {}) == {}
+    assert core.param_values([*values[:at], None, *values[at + 1 :]]).get("score_cam", {}) == {}
     page = core.methods_markdown()
     assert "**Parameter** `batch_size`" in page and "**Where it misleads**" in page

@@ -26,13 +26,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import input_for, make_model
 
 import cnnviz
 from cnnviz.engine.anatomy import inspection
 from cnnviz.engine.capture import members
 from cnnviz.engine.passes import Needs, run_passes
 from cnnviz.methods import score_cam as score_cam_module
-from conftest import input_for, make_model
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 tcm = pytest.importorskip("torchcam.methods")
