@@ -22,7 +22,9 @@ from cnnviz.sweep.table import read_rows
 image_dir = batch_fixtures.image_dir
 same_rows = batch_fixtures.same_rows
 
-pytestmark = pytest.mark.slow
+# The module's Ray jobs run in the first test's set-up: 8 to 9 minutes on a loaded 2-core machine,
+# close to the suite's 600 s default, so the module gets more.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 MODELS = ["test_resnet", "test_efficientnet"]
 METHODS = ("cam", "grad_cam", "guided_backprop")
