@@ -256,6 +256,15 @@ class Runner:
         self.logits = passes.logits
         self.forwards = 0
 
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The (mean, std) per channel that turned pixels in [0, 1] into the model's input: timm's
+        data config of the model (its ``pretrained_cfg``; ImageNet's when it has none). Methods
+        that need a pixel-space reference (a black image) read it here."""
+        from timm.data import resolve_model_data_config
+
+        config = resolve_model_data_config(self._model)
+        return tuple(float(v) for v in config["mean"]), tuple(float(v) for v in config["std"])
+
     def forward(self, xs: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 32) -> torch.Tensor:
         """Logits (N, K) of `xs`: one tensor (cut into batches of `batch_size`) or an iterable of
         batches (made lazily by the caller, so that N inputs never sit in memory at once)."""

@@ -1,6 +1,8 @@
 """Attribution methods; importing this package fills the registry (one module per method family)."""
 
-from . import cam, cam_variants, composite, gradient, score_cam  # noqa: F401  (registration side effect)
+# registration side effect; smoothgrad last: it smooths the methods registered before it
+from . import cam, cam_variants, composite, gradient, integrated, score_cam  # noqa: F401  # isort: skip
+from . import smoothgrad  # noqa: F401  # isort: skip
 from .registry import (
     Method,
     Param,
