@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import gradio as gr
 from PIL import Image
@@ -443,7 +443,7 @@ def _param_component(method: cnnviz.Method, p: cnnviz.methods.Param) -> gr.compo
     if isinstance(p.default, bool):
         return gr.Checkbox(value=p.default, label=label, info=info, elem_id=elem_id)
     return gr.Number(
-        value=p.default,
+        value=cast(float, p.default),  # an int or a float: the branches above took the rest
         label=label,
         info=info,
         minimum=p.low,

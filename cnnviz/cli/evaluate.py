@@ -126,10 +126,11 @@ def read_boxes(path: Path) -> dict[str, tuple[float, float, float, float]]:
     need = {"image", "x0", "y0", "x1", "y1"}
     if not rows or not need <= set(rows[0]):
         raise UsageError(f"--boxes: {path} needs a header with columns {','.join(sorted(need))}")
-    out = {}
+    out: dict[str, tuple[float, float, float, float]] = {}
     for i, row in enumerate(rows, start=2):
         try:
-            out[Path(row["image"]).name] = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+            x0, y0, x1, y1 = (float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+            out[Path(row["image"]).name] = (x0, y0, x1, y1)
         except (TypeError, ValueError):
             raise UsageError(f"--boxes: line {i} of {path}: x0,y0,x1,y1 must be numbers") from None
     return out
@@ -263,9 +264,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     bar = tqdm(todo, file=sys.stderr, unit="image", desc="evaluate", disable=args.quiet)
     for image_path, out_dir in bar:
         try:
-            image = Image.open(image_path)
-            image.load()
-            image = image.convert("RGB")
+            with Image.open(image_path) as opened:
+                opened.load()
+                image = opened.convert("RGB")
         except (OSError, UnidentifiedImageError) as exc:
             failures += 1
             bar.write(f"cnnviz evaluate: error: {image_path}: cannot read the image ({exc})", file=sys.stderr)

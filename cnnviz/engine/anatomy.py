@@ -100,7 +100,7 @@ def refold(model: nn.Module, previous: Inspection) -> Inspection | None:
     canon = torch.randn(2, *anatomy.shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     with torch.no_grad(), model_guard(model):
         feats = spec.from_canonical(canon)
-        logits = model.forward_head(feats)
+        logits = timm_api(model).forward_head(feats)
         verdict = analyze_head(model, spec, feats, logits)
     if not verdict.exact or verdict.fold is None:
         return None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from torch import nn
 from ..common import close_matches, did_you_mean
 from .anatomy import Inspection
 from .capture import Members, capture_outputs, model_guard
+from .head import HeadFold
 from .layout import FINAL, MapSpec, infer_spec, param_like, timm_api
 from .rules import RULES, ActivationRules, describe_rules
 
@@ -90,9 +92,25 @@ class Passes:
     map_grad: torch.Tensor | None = None
     input_grads: dict[str, torch.Tensor] = field(default_factory=dict)
     rule_notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    fold: object | None = None
+    fold: HeadFold | None = None
     layer_notes: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
+
+    @property
+    def fmap(self) -> torch.Tensor:
+        """`map`, for a method that declared it needs it (a programming error otherwise)."""
+        if self.map is None:
+            raise RuntimeError("the feature map was not computed: the method must declare that it needs it")
+        return self.map
+
+    @property
+    def fmap_grad(self) -> torch.Tensor:
+        """`map_grad`, for a method that declared it needs it (a programming error otherwise)."""
+        if self.map_grad is None:
+            raise RuntimeError(
+                "the map's gradient was not computed: the method must declare that it needs it"
+            )
+        return self.map_grad
 
 
 def resolve_layer(model: nn.Module, insp: Inspection, layer: str | None) -> str:
@@ -116,9 +134,11 @@ def resolve_targets(target: TargetArg, logits: torch.Tensor) -> torch.Tensor:
     b, k = logits.shape
     if target is None:
         return logits.argmax(1)
+    if isinstance(target, bool):
+        raise ValueError(f"target must be None, an int or one int per sample; got {target!r}")
     if isinstance(target, torch.Tensor):
         values = target.flatten().tolist()
-    elif isinstance(target, int | float) and not isinstance(target, bool):
+    elif isinstance(target, int | float):
         values = [target] * b
     else:
         values = list(target)
@@ -172,11 +192,11 @@ def run_passes(
         xin = x.detach().to(*param_like(model))
         if plan.rules:  # a leaf of our own, so that the caller's tensor never requires grad
             xin = xin.clone().requires_grad_(True)
-        mode = ActivationRules(switchable=True) if plan.switchable else nullcontext()
-        feats, logits, cap = _forward(model, xin, plan, layer, mode)
+        rules = ActivationRules(switchable=True) if plan.switchable else None
+        feats, logits, cap = _forward(model, xin, plan, layer, rules if rules is not None else nullcontext())
         targets = resolve_targets(target, logits.detach())
         passes = Passes(x=xin.detach(), logits=logits.detach(), targets=targets, layer=layer, fold=insp.fold)
-        passes.kinds = tuple(sorted(mode.kinds)) if plan.switchable else insp.anatomy.activations
+        passes.kinds = tuple(sorted(rules.kinds)) if rules is not None else insp.anatomy.activations
         native, spec = None, None
         if plan.need_map:
             native, spec = _map_at(model, feats, cap, layer, hw)
@@ -187,15 +207,16 @@ def run_passes(
         for i, rule in enumerate(order):
             inputs = [xin] if rule in plan.rules else []
             if rule == "plain" and plan.need_map_grad:
+                assert native is not None, "the plan computes the map whenever it needs its gradient"
                 inputs.append(native)
-            if plan.switchable:
-                mode.rule = rule
-            grads = torch.autograd.grad(score, inputs, retain_graph=i < len(order) - 1, allow_unused=True)
-            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads, strict=True)]
+            if rules is not None:
+                rules.rule = rule
+            computed = torch.autograd.grad(score, inputs, retain_graph=i < len(order) - 1, allow_unused=True)
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, computed, strict=True)]
             if rule in plan.rules:
                 passes.input_grads[rule] = grads[0].detach().float()
                 passes.rule_notes[rule] = describe_rules(passes.kinds, rule)
-            if rule == "plain" and plan.need_map_grad:
+            if rule == "plain" and plan.need_map_grad and spec is not None:
                 passes.map_grad = spec.to_canonical(grads[-1]).detach().float()
     return passes
 
@@ -203,9 +224,10 @@ def run_passes(
 def _forward(model: nn.Module, xin: torch.Tensor, plan: _Plan, layer: str, mode):
     """One forward pass recording what the plan needs: (features, logits, captured outputs)."""
     late = plan.late_graph
-    capture = nullcontext()
+    capture: AbstractContextManager[Any] = nullcontext()
     if plan.need_map and layer != FINAL:
         capture = capture_outputs(model, [layer], start_graph=late)
+    grad_mode: AbstractContextManager[Any]
     if not (plan.rules or plan.need_map_grad):
         grad_mode = torch.inference_mode()
     else:

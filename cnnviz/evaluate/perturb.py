@@ -271,14 +271,23 @@ def deletion_insertion(
     # Sources: 0 = the image, 1 = deletion's baseline, 2 = insertion's start.
     pools = torch.stack([x] + [c if c is not None else x for c in (base, start)]).flatten(3)
     # Jobs: (map, shown-where-mask source, elsewhere source, pixel count); map -1 = unperturbed.
-    jm, ja, jb, jc = [], [], [], []
+    jm: list[int] = []
+    ja: list[int] = []
+    jb: list[int] = []
+    jc: list[int] = []
     for i in range(n):
         if do_del:
             for k in range(1, p):
-                jm.append(i), ja.append(1), jb.append(0), jc.append(counts[k])
+                jm.append(i)
+                ja.append(1)
+                jb.append(0)
+                jc.append(int(counts[k]))
         if do_ins:
             for k in range(1 if shared else 0, p - 1):
-                jm.append(i), ja.append(0), jb.append(2), jc.append(counts[k])
+                jm.append(i)
+                ja.append(0)
+                jb.append(2)
+                jc.append(int(counts[k]))
     n_perturbed = len(jm)
     extra = 0 if original is not None else b  # the unperturbed images, when not given
     job_map = torch.tensor(jm + [-1] * extra, dtype=torch.long, device=device)
@@ -297,25 +306,22 @@ def deletion_insertion(
     values = score_jobs(module, make, len(job_map), batch_size, score, progress)
     original = _original(original, b) if original is not None else values[n_perturbed:]
     original = original[sidx.cpu()]
-    deletion = insertion = None
+    dele = torch.empty(n, p)
+    ins = torch.empty(n, p)
+    dele[:, 0] = original
+    ins[:, -1] = original
     cursor = 0
-    if do_del:
-        deletion = torch.empty(n, p)
-        deletion[:, 0] = original
-    if do_ins:
-        insertion = torch.empty(n, p)
-        insertion[:, -1] = original
     for i in range(n):
         if do_del:
-            deletion[i, 1:] = values[cursor : cursor + p - 1]
+            dele[i, 1:] = values[cursor : cursor + p - 1]
             cursor += p - 1
         if do_ins:
             k0 = 1 if shared else 0
-            insertion[i, k0 : p - 1] = values[cursor : cursor + p - 1 - k0]
+            ins[i, k0 : p - 1] = values[cursor : cursor + p - 1 - k0]
             cursor += p - 1 - k0
             if shared:
-                insertion[i, 0] = deletion[i, -1]
-    return Curves(fractions, deletion, insertion, score)
+                ins[i, 0] = dele[i, -1]
+    return Curves(fractions, dele if do_del else None, ins if do_ins else None, score)
 
 
 def _original(original: torch.Tensor, b: int) -> torch.Tensor:

@@ -112,7 +112,7 @@ def cascade(model: nn.Module, stages: Sequence[str] | None = None) -> tuple[Step
 
 
 def _classifier_params(model: nn.Module) -> set[str]:
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head = getattr(model, "get_classifier", lambda: None)()
     heads = head if isinstance(head, tuple | list) else (head,)
     ids = {id(p) for h in heads if isinstance(h, nn.Module) for p in h.parameters()}
     return {n for n, p in model.named_parameters() if id(p) in ids}

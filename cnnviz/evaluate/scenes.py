@@ -63,7 +63,11 @@ def _object(name: str) -> Image.Image:
 
 def _texture(name: str, size: int) -> Image.Image:
     arr = getattr(_data(), name)()
-    return Image.fromarray(np.asarray(arr, dtype=np.uint8)).convert("RGB").resize((size, size), Image.BICUBIC)
+    return (
+        Image.fromarray(np.asarray(arr, dtype=np.uint8))
+        .convert("RGB")
+        .resize((size, size), Image.Resampling.BICUBIC)
+    )
 
 
 def _paste(
@@ -71,7 +75,7 @@ def _paste(
 ) -> tuple[int, int, int, int]:
     w, h = obj.size
     scale = side / max(w, h)
-    obj = obj.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+    obj = obj.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
     canvas.paste(obj, (left, top))
     return (left, top, left + obj.size[0], top + obj.size[1])
 

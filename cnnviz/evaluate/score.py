@@ -249,7 +249,7 @@ def evaluate(
             if m in plan.get("increase_in_confidence", []):
                 scores[m]["increase_in_confidence"] = confidence[m].increase
     for metric_id in ("pointing_game", "energy_in_box"):
-        if not plan.get(metric_id):
+        if not plan.get(metric_id) or masks is None:  # box metrics are planned only with boxes
             continue
         chance[metric_id] = localize.chance(masks, metric_id, tolerance)
         for m in plan[metric_id]:

@@ -67,7 +67,9 @@ def _verify_cam(ev: Evidence) -> Verdict:
 )
 def cam(passes: Passes, params: Params, runner: Runner) -> Result:
     fold = passes.fold
-    raw, offset = fold.cam(passes.map, passes.logits, passes.targets)
+    if fold is None:
+        raise RuntimeError("cam ran without the head's fold: its check should have refused the model")
+    raw, offset = fold.cam(passes.fmap, passes.logits, passes.targets)
     notes = [
         "exact: raw.mean((-2, -1)) + offset == logit[target]; not rectified (negative = evidence against)"
     ]
@@ -80,8 +82,8 @@ def cam(passes: Passes, params: Params, runner: Runner) -> Result:
 
 def grad_cam_signed(passes: Passes) -> torch.Tensor:
     """``sum_k alpha_k^c A^k`` with ``alpha_k^c`` the spatial mean of the gradient (before the ReLU)."""
-    alpha = passes.map_grad.mean((2, 3))
-    return torch.einsum("bc,bchw->bhw", alpha, passes.map)
+    alpha = passes.fmap_grad.mean((2, 3))
+    return torch.einsum("bc,bchw->bhw", alpha, passes.fmap)
 
 
 BLANK = "negative at every position"

@@ -47,7 +47,7 @@ def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     check=grad_cam_check,
 )
 def grad_cam_pp(passes: Passes, params: Params, runner: Runner) -> Result:
-    a, g = passes.map, passes.map_grad
+    a, g = passes.fmap, passes.fmap_grad
     g2 = g * g
     alpha = _safe_div(g2, 2 * g2 + a.sum((2, 3), keepdim=True) * g2 * g)
     weights = (alpha * torch.relu(g)).sum((2, 3))
@@ -74,7 +74,7 @@ def grad_cam_pp(passes: Passes, params: Params, runner: Runner) -> Result:
     check=grad_cam_check,
 )
 def xgrad_cam(passes: Passes, params: Params, runner: Runner) -> Result:
-    a, g = passes.map, passes.map_grad
+    a, g = passes.fmap, passes.fmap_grad
     weights = _safe_div((g * a).sum((2, 3)), a.sum((2, 3)))
     return rectified(passes, _weighted(weights, a), "sum_k w_k A^k")
 
@@ -97,7 +97,7 @@ def xgrad_cam(passes: Passes, params: Params, runner: Runner) -> Result:
     check=grad_cam_check,
 )
 def layer_cam(passes: Passes, params: Params, runner: Runner) -> Result:
-    return rectified(passes, (torch.relu(passes.map_grad) * passes.map).sum(1), "sum_k ReLU(G^k) A^k")
+    return rectified(passes, (torch.relu(passes.fmap_grad) * passes.fmap).sum(1), "sum_k ReLU(G^k) A^k")
 
 
 @register_method(
@@ -119,7 +119,7 @@ def layer_cam(passes: Passes, params: Params, runner: Runner) -> Result:
     check=grad_cam_check,
 )
 def hires_cam(passes: Passes, params: Params, runner: Runner) -> Result:
-    return rectified(passes, (passes.map_grad * passes.map).sum(1), "sum_k G^k A^k")
+    return rectified(passes, (passes.fmap_grad * passes.fmap).sum(1), "sum_k G^k A^k")
 
 
 def principal_projection(m: torch.Tensor) -> torch.Tensor:
@@ -159,7 +159,7 @@ def principal_projection(m: torch.Tensor) -> torch.Tensor:
     needs={"map"},
 )
 def eigen_cam(passes: Passes, params: Params, runner: Runner) -> Result:
-    proj = principal_projection(passes.map)
+    proj = principal_projection(passes.fmap)
     note = "class-independent: the first principal component of the map"
     return rectified(passes, proj, "the projection", note)
 
@@ -183,4 +183,4 @@ def eigen_cam(passes: Passes, params: Params, runner: Runner) -> Result:
     check=grad_cam_check,
 )
 def eigen_grad_cam(passes: Passes, params: Params, runner: Runner) -> Result:
-    return rectified(passes, principal_projection(passes.map_grad * passes.map), "the projection")
+    return rectified(passes, principal_projection(passes.fmap_grad * passes.fmap), "the projection")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -138,6 +138,7 @@ class Params(Mapping[str, Value]):
     """A method's validated parameters, read as ``params["n_samples"]`` or ``params.n_samples``."""
 
     __slots__ = ("_values",)
+    _values: dict[str, Value]
 
     def __init__(self, values: Mapping[str, Value]):
         object.__setattr__(self, "_values", dict(values))
@@ -385,7 +386,7 @@ def get_method(method_id: str) -> Method:
         ) from None
 
 
-def resolve_methods(methods: str | Method | list | tuple) -> tuple[Method, ...]:
+def resolve_methods(methods: str | Method | Sequence[str | Method]) -> tuple[Method, ...]:
     """Normalize a method argument: an id, a comma-separated string, a Method or a list."""
     if isinstance(methods, Method):
         return (methods,)

@@ -82,7 +82,7 @@ def distinct_masks(maps: torch.Tensor) -> tuple[list[list[int]], list[int | None
     params=(Param("batch_size", 32, "masked inputs per forward pass", low=1, high=1024),),
 )
 def score_cam(passes: Passes, params: Params, runner: Runner) -> Result:
-    a = passes.map
+    a = passes.fmap
     b, c = a.shape[:2]
     size = (int(passes.x.shape[-2]), int(passes.x.shape[-1]))
     jobs: list[tuple[int, list[int], int | None]] = []

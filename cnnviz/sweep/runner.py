@@ -99,7 +99,7 @@ def _vm_size_bytes() -> int:
     return 0
 
 
-ProbeFn = Callable[[str, int, torch.dtype], dict]
+ProbeFn = Callable[..., dict]  # (name, small side, dtype[, method ids]) -> the model's row
 
 
 def _child(plan: Plan, small: int, conn: mpc.Connection, probe_fn: ProbeFn) -> None:

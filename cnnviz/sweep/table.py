@@ -74,7 +74,7 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def read_header(path: str | Path) -> list[str]:
+def read_header(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return []
