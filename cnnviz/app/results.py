@@ -8,7 +8,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
@@ -25,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import cnnviz
 from cnnviz import render
-from cnnviz.app.settings import ModelPool, short_name, weights_note, weights_tag
+from cnnviz.app.models import ModelPool, percent, short_name, weights_note, weights_tag
 from cnnviz.zoo.record import explanation_record, method_entries
 
 if TYPE_CHECKING:
@@ -54,15 +53,6 @@ def placeholder(size: tuple[int, int], title: str, reason: str) -> Image.Image:
 
 
 ARCHIVE_PREFIX = "cnnviz-app-"
-
-
-def percent(probability: float) -> str:
-    """A probability as the app writes it everywhere: whole percent, rounded half up.
-
-    The predictions panel (Gradio's Label) rounds the same way, so one class never reads "0%"
-    there and "0.1%" in a grid caption.
-    """
-    return f"{math.floor(float(probability) * 100 + 0.5):d}%"
 
 
 def remove_stale_folders(parent: Path, max_age_s: float = 3600.0) -> list[Path]:

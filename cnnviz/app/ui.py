@@ -18,7 +18,7 @@ from PIL import Image
 
 import cnnviz
 from cnnviz import render
-from cnnviz.app import guard, limits, results
+from cnnviz.app import guard, limits, models, results
 from cnnviz.app import settings as core
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class App:
 
     def __init__(self, settings: core.AppSettings):
         self.settings = settings
-        self.pool = core.ModelPool(settings.weights, settings.max_model_mb)
+        self.pool = models.ModelPool(settings.weights, settings.max_model_mb)
         self.archives = results.ArchiveDir()
         self.gate = guard.FileGate([gr.utils.get_upload_folder()])  # the page's examples are copied there
 
@@ -274,7 +274,7 @@ class App:
     def weights_notice(self, name: str):
         """After an explanation: the weights' origin on the predictions panel, and the banner."""
         model, _ = self.model(name)
-        return gr.update(label=PREDICTIONS + core.weights_note(model)), self.banner([model])
+        return gr.update(label=PREDICTIONS + models.weights_note(model)), self.banner([model])
 
     def compare_notice(self, names: list[str]):
         """After a comparison: the banner names the models that run on random weights."""
@@ -283,7 +283,7 @@ class App:
     def pick_target(self, top: list, evt: gr.SelectData):
         """A click on a predicted class makes it the target class."""
         for index, name, _prob in top or []:
-            if evt.value in (core.short_name(name), f"{core.short_name(name)} (#{index})"):
+            if evt.value in (models.short_name(name), f"{models.short_name(name)} (#{index})"):
                 return f"{index} · {name}"
         return core.TOP1
 

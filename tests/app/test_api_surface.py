@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cnnviz.app import results, ui
+from cnnviz.app import models, results, ui
 from cnnviz.app import settings as core
 
 SETTINGS = core.AppSettings(weights="random", allow_any_model=True, default_model="test_resnet")
@@ -32,7 +32,7 @@ def test_every_api_input_and_output_is_named_and_typed():
 
 
 def test_one_percent_rule():
-    assert [results.percent(p) for p in (0.001, 0.005, 0.0149, 0.125, 0.995, 1.0)] == [
+    assert [models.percent(p) for p in (0.001, 0.005, 0.0149, 0.125, 0.995, 1.0)] == [
         "0%", "1%", "1%", "13%", "100%", "100%",
     ]  # fmt: skip
 

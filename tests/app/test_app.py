@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import cnnviz
 from cnnviz import render
-from cnnviz.app import results
+from cnnviz.app import models, results
 from cnnviz.app import settings as core
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -88,7 +88,8 @@ def test_explain_two_methods_returns_predictions_overlays_and_maps(client):
     top1 = predictions["label"]
     maps, meta = read_zip(archive)
     assert (
-        core.short_name(meta["target"]["class_name"]) == top1 and meta["model"]["weights_source"] == "random"
+        models.short_name(meta["target"]["class_name"]) == top1
+        and meta["model"]["weights_source"] == "random"
     )
     assert meta["methods"]["grad_cam"]["raw"] == "maps/grad_cam.npy" and meta["target"]["chosen"] == "top-1"
 
@@ -118,7 +119,7 @@ def test_target_class_changes_the_map_and_top1_index_reproduces_it(client):
     other_maps, other_meta = read_zip(other_zip)
     assert other_meta["target"]["index"] == other
     assert not np.allclose(other_maps["grad_cam"], maps["grad_cam"])
-    assert f" · {core.short_name(other_meta['target']['class_name'])} · " in gallery_other[0]["caption"]
+    assert f" · {models.short_name(other_meta['target']['class_name'])} · " in gallery_other[0]["caption"]
 
 
 def test_bad_file_gives_readable_error_and_server_keeps_serving(client, tmp_path):
@@ -307,7 +308,7 @@ def test_method_parameters_are_inputs_built_from_the_registry(client):
     values = [p.default for _, p in specs]
     at = next(i for i, (mid, p) in enumerate(specs) if (mid, p.name) == ("score_cam", "batch_size"))
     values[at] = 4
-    args = [gradio_client.handle_file(str(EXAMPLE)), "test_resnet", ["score_cam"], core.TOP1, core.FINAL]
+    args = [gradio_client.handle_file(str(EXAMPLE)), "test_resnet", ["score_cam"], core.TOP1, core.FINAL_LABEL]
     out = client.predict(*args, render.COLORMAPS[0], 0.5, *values, api_name="/explain")
     assert len(out[1]) == 1
     values[at] = 0  # out of range: refused with the parameter's name and range, before any work
