@@ -308,7 +308,13 @@ def test_method_parameters_are_inputs_built_from_the_registry(client):
     values = [p.default for _, p in specs]
     at = next(i for i, (mid, p) in enumerate(specs) if (mid, p.name) == ("score_cam", "batch_size"))
     values[at] = 4
-    args = [gradio_client.handle_file(str(EXAMPLE)), "test_resnet", ["score_cam"], core.TOP1, core.FINAL_LABEL]
+    args = [
+        gradio_client.handle_file(str(EXAMPLE)),
+        "test_resnet",
+        ["score_cam"],
+        core.TOP1,
+        core.FINAL_LABEL,
+    ]
     out = client.predict(*args, render.COLORMAPS[0], 0.5, *values, api_name="/explain")
     assert len(out[1]) == 1
     values[at] = 0  # out of range: refused with the parameter's name and range, before any work

@@ -82,7 +82,18 @@ def call(server: str, api: str, data: list, timeout: float = 120) -> tuple[str, 
 
 
 def explain_args(image: object) -> list:
-    return [image, "test_resnet", ["grad_cam"], core.TOP1, core.FINAL_LABEL, render.COLORMAPS[0], 0.0]
+    """/explain's inputs over raw HTTP: the seven named ones, then every method parameter's default."""
+    params = [p.default for _, p in core.param_specs()]
+    return [
+        image,
+        "test_resnet",
+        ["grad_cam"],
+        core.TOP1,
+        core.FINAL_LABEL,
+        render.COLORMAPS[0],
+        0.0,
+        *params,
+    ]
 
 
 def compare_args(image: object) -> list:
@@ -243,7 +254,7 @@ def test_text_lists_and_numbers_are_bounded_before_any_work(server):
         data[1] = value
         assert expected in call(server, "explain", data)[1]["error"]
     event, answer = call(server, "explain", explain_args(None)[:3])
-    assert answer["error"] == "This request needs 7 input values."
+    assert answer["error"] == f"This request needs {len(explain_args(None))} input values."
     data = compare_args(None)
     data[5] = "yes"
     assert call(server, "compare", data)[1]["error"].endswith("expected true or false, got 'yes'.")
