@@ -47,7 +47,10 @@ def _check_attribution(name, anatomy, ex, method, x):
         assert raw.shape[0] == x.shape[0] and raw.dim() == 3
     else:
         assert raw.shape == x.shape
-    assert raw.std() > 0, f"{name}/{method}: constant"
+    # a rectified CAM-family map may be blank on random weights (every weighted channel sum is
+    # negative, so the ReLU leaves nothing), as Grad-CAM's can; any other constant map is a bug
+    blank = cnnviz.get_method(method).family == "cam" and not bool(raw.abs().amax() > 0)
+    assert raw.std() > 0 or blank, f"{name}/{method}: constant"
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
