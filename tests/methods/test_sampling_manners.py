@@ -19,7 +19,9 @@ LAYOUTS = {"test_resnet": "NCHW", "test_mambaout": "NHWC", "test_vit": "tokens"}
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max().clamp_min(1e-12)))
+    # A batch and its samples differ by float32 rounding only; summed over noisy copies, that
+    # reaches ~1e-5 of a map's peak (SmoothGrad-CAM on a near-blank map), a batching bug far more.
+    return torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max().clamp_min(1e-12)))
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
