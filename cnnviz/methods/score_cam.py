@@ -59,6 +59,23 @@ def distinct_masks(maps: torch.Tensor) -> tuple[list[list[int]], list[int | None
     return groups, reps
 
 
+def largest(
+    maps: torch.Tensor, groups: list[list[int]], reps: list[int | None], k: int
+) -> tuple[list[list[int]], list[int | None], int]:
+    """Keep the zero-mask group and the `k` varying groups whose channels carry the largest L1
+    norm (their share of sum_k w_k A^k is bounded by it). Returns the kept groups, their
+    representatives, and how many channels were left out."""
+    varying = [j for j, r in enumerate(reps) if r is not None]
+    if k <= 0 or len(varying) <= k:
+        return groups, reps, 0
+    norms = maps.detach().flatten(1).abs().sum(1)
+    weight = {j: float(norms[reps[j]]) * len(groups[j]) for j in varying}
+    keep = set(sorted(varying, key=lambda j: -weight[j])[:k])
+    kept = [j for j, r in enumerate(reps) if r is None or j in keep]
+    dropped = sum(len(groups[j]) for j in varying if j not in keep)
+    return [groups[j] for j in kept], [reps[j] for j in kept], dropped
+
+
 @register_method(
     id="score_cam",
     label="Score-CAM",
@@ -72,22 +89,36 @@ def distinct_masks(maps: torch.Tensor) -> tuple[list[list[int]], list[int | None
     summary="Gradient-free: each channel is weighted by the class score of the input masked by that "
     "channel's (upsampled, min-max normalized) map, softmaxed over channels (Algorithm 1 of the "
     "paper). One forward per distinct mask: channels whose map is constant (zero everywhere after "
-    "a ReLU, say) all give the zero mask, which is scored once.",
+    "a ReLU, say) all give the zero mask, which is scored once. max_channels = k scores only the "
+    "k channel maps of largest L1 norm (an approximation; the others weigh 0).",
     warning="the softmax over thousands of channels makes the weights nearly uniform when the "
     "masked scores are close, and the map then follows the channels' sum, not the class",
-    cost="1 forward + 1 forward per distinct channel mask (batched)",
+    cost="1 forward + 1 forward per distinct channel mask (batched; at most max_channels + 1)",
     requires=("a classifier", "a spatial map at the layer"),
     needs={"map"},
     check=grad_cam_check,
-    params=(Param("batch_size", 32, "masked inputs per forward pass", low=1, high=1024),),
+    params=(
+        Param("batch_size", 32, "masked inputs per forward pass", low=1, high=1024),
+        Param(
+            "max_channels",
+            0,
+            "score only the k distinct channel maps of largest L1 norm, the rest weigh 0 "
+            "(0: every channel, as in the paper)",
+            low=0,
+            high=100_000,
+        ),
+    ),
 )
 def score_cam(passes: Passes, params: Params, runner: Runner) -> Result:
     a = passes.fmap
     b, c = a.shape[:2]
     size = (int(passes.x.shape[-2]), int(passes.x.shape[-1]))
     jobs: list[tuple[int, list[int], int | None]] = []
+    left_out = 0
     for i in range(b):
         groups, reps = distinct_masks(a[i])
+        groups, reps, dropped = largest(a[i], groups, reps, int(params.max_channels))
+        left_out += dropped
         jobs += [(i, g, r) for g, r in zip(groups, reps, strict=True)]
     bs = int(params.batch_size)
 
@@ -105,16 +136,22 @@ def score_cam(passes: Passes, params: Params, runner: Runner) -> Result:
     logits = runner.forward(batches())
     samples = torch.tensor([i for i, _, _ in jobs], device=logits.device)
     scores = logits.gather(1, passes.targets.to(logits.device)[samples, None])[:, 0].double()
-    per_channel = torch.empty(b, c, dtype=torch.float64, device=logits.device)
+    per_channel = torch.full((b, c), -torch.inf, dtype=torch.float64, device=logits.device)
     for (i, group, _), s in zip(jobs, scores, strict=True):
         per_channel[i, group] = s
     weights = torch.softmax(per_channel, dim=1).to(a.dtype).to(a.device)
     signed = torch.einsum("bc,bchw->bhw", weights, a)
     constant = sum(len(g) for _, g, r in jobs if r is None)
-    saved = b * c - len(jobs)
+    saved = b * c - left_out - len(jobs)
     duplicates = saved - (constant - sum(r is None for _, _, r in jobs))
     note = (
         f"{len(jobs)} masked forwards for {b * c} channel maps: {saved} saved ({constant} constant "
         f"maps share the zero mask, {duplicates} exact duplicates share their twin's)"
     )
-    return rectified(passes, signed, "sum_k w_k A^k", note)
+    notes = [note]
+    if left_out:
+        notes.append(
+            f"max_channels = {int(params.max_channels)}: {left_out} channel maps of smaller L1 norm "
+            "not scored (weight 0): an approximation of Score-CAM"
+        )
+    return rectified(passes, signed, "sum_k w_k A^k", *notes)

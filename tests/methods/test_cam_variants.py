@@ -118,3 +118,40 @@ def test_score_cam_skipping_changes_nothing_but_the_work(monkeypatch):
     c = fast.anatomy.shape[0]
     assert sum(calls) == 2 * c and skipped < 2 * c
     assert torch.allclose(fast["score_cam"].raw, slow["score_cam"].raw, rtol=1e-5, atol=1e-7)
+
+
+def test_score_cam_max_channels_scores_the_largest_maps_only(monkeypatch):
+    from cnnviz.methods import score_cam as module
+
+    model = make_model("test_resnet")
+    x = input_for(model, batch=2)
+    full = cnnviz.explain(model, x, ["score_cam"], params={"batch_size": 8})
+    layer_maps, scored = [], []
+    distinct = module.distinct_masks
+
+    def seeing(maps):
+        layer_maps.append(maps.detach().clone())
+        return distinct(maps)
+
+    def recording(maps, size):
+        scored.append(maps.detach().clone())
+        return module.channel_masks(maps, size)
+
+    monkeypatch.setattr(module, "distinct_masks", seeing)
+    monkeypatch.setattr(module, "MASKS", recording)
+    k = 5
+    cut = cnnviz.explain(model, x, ["score_cam"], params={"batch_size": 8, "max_channels": k})
+    got = torch.cat(scored)
+    assert got.shape[0] == 2 * k  # k maps scored per sample, not every channel
+    for i, maps in enumerate(layer_maps):  # ... and they are the k of largest L1 norm
+        want = maps.flatten(1).abs().sum(1).topk(k).values.sort().values
+        mine = got[i * k : (i + 1) * k].flatten(1).abs().sum(1).sort().values
+        assert torch.allclose(mine, want)
+    note = " ".join(cut["score_cam"].notes)
+    assert f"max_channels = {k}" in note and "approximation" in note
+    assert not torch.allclose(cut["score_cam"].raw, full["score_cam"].raw)
+    # A cap at or above the channel count is the paper's Score-CAM, bit for bit.
+    c = full.anatomy.shape[0]
+    same = cnnviz.explain(model, x, ["score_cam"], params={"batch_size": 8, "max_channels": c})
+    assert torch.equal(same["score_cam"].raw, full["score_cam"].raw)
+    assert not any("max_channels" in n for n in same["score_cam"].notes)
