@@ -14,6 +14,7 @@ import torch
 
 from ..engine.passes import Passes, Runner
 from ..types import Anatomy
+from .cam import BLANK
 from .paths import rows, standard_noise
 from .registry import Method, Param, Params, Result, get_method, list_methods, register_method
 
@@ -74,6 +75,7 @@ def smooth(passes: Passes, params: Params, runner: Runner) -> Result:
     noise = standard_noise(n, x, int(params.seed))
     total: torch.Tensor | None = None
     base_notes: tuple[str, ...] = ()
+    blank = torch.zeros(x.shape[0], dtype=torch.long)  # copies whose map the base left blank
     for i, k in rows(x.shape[0], n, int(params.batch_size)):
         i, k = i.to(x.device), k.to(x.device)
         noisy = x[i] + scale[i].to(x.dtype).view(-1, 1, 1, 1) * noise[k]
@@ -83,11 +85,19 @@ def smooth(passes: Passes, params: Params, runner: Runner) -> Result:
             total = torch.zeros((x.shape[0], *raw.shape[1:]), dtype=torch.float32, device=raw.device)
             base_notes = tuple(note for note in done.notes if not note.startswith("sample "))
         total.index_add_(0, i, raw)
+        if any(BLANK in note for note in done.notes):  # the base's own account of a blank copy
+            blank.index_add_(0, i.cpu(), (~raw.flatten(1).any(1)).long().cpu())
     stds = ", ".join(f"{float(s):.3g}" for s in scale)
     notes = (
         f"mean of {base.id} over {n} copies x + N(0, s^2), s = {sigma:g} x (max - min) of each sample "
         f"(s = {stds}), noise seed {params.seed}",
         *base_notes,
+        *(
+            f"sample {b}: {base.id}'s map is blank in all {n} noisy copies (before its ReLU it is "
+            f"{BLANK}), so their mean is blank"
+            for b in range(x.shape[0])
+            if int(blank[b]) == n
+        ),
     )
     assert total is not None  # n >= 1 and a non-empty batch: at least one batch ran
     return Result(total / n, notes)

@@ -155,3 +155,23 @@ def test_refuses_what_its_base_refuses():
         cnnviz.explain(model, x, ["smoothgrad_cam"], params={"smoothgrad_cam.base": "cam"})
     with pytest.raises(ValueError, match="base"):
         cnnviz.explain(model, x, ["smoothgrad"], params={"smoothgrad.base": "grad_cam"})
+
+
+def test_a_mean_of_blank_copies_says_why_it_is_blank():
+    # Every class weight negative after a ReLU map: Grad-CAM is blank for every noisy copy, so
+    # the mean is blank too; the notes must say so (the sweep accepts a blank map only with why).
+    torch.manual_seed(0)
+    model = make_model("test_resnet")
+    with torch.no_grad():
+        model.fc.weight.copy_(-model.fc.weight.abs() - 1e-3)
+    x = input_for(model, batch=2)
+    ex = cnnviz.explain(model, x, ["smoothgrad_cam"], params={"n_samples": 3, "batch_size": 2})
+    att = ex["smoothgrad_cam"]
+    assert not att.raw.any()
+    why = [n for n in att.notes if "blank in all 3 noisy copies" in n]
+    assert [n.split(":")[0] for n in why] == ["sample 0", "sample 1"]
+    assert all(cnnviz.methods.cam.BLANK in n for n in why)
+    # A map that is not blank carries no such note.
+    plain = cnnviz.explain(make_model("test_resnet"), x, ["smoothgrad_cam"], params={"n_samples": 3})
+    assert plain["smoothgrad_cam"].raw.any()
+    assert not any("noisy copies (before" in n for n in plain["smoothgrad_cam"].notes)
