@@ -96,7 +96,7 @@ def run_sweep(
         use_ray: each model as a Ray task (`cnnviz.sweep.ray_pool`; ``RAY_ADDRESS`` or a local
             Ray) instead of a process of this machine's pool.
     """
-    from .probe import columns, versions
+    from .probe import SWEEP_PARAMS, columns, versions
 
     limits = limits or Limits()
     explicit = names is not None
@@ -117,6 +117,7 @@ def run_sweep(
         "pattern": before.get("pattern", this_pattern),
         "families_smoke": before.get("families_smoke", families_smoke),
         "jobs": before.get("jobs") or limits.jobs,
+        "method_params": before.get("method_params", SWEEP_PARAMS),
         # Wall time over every run that filled this CSV (a resumed sweep adds its runs up).
         "wall_s": round(float(before.get("wall_s") or 0.0) + wall, 1),
         "runs": [

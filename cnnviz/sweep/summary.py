@@ -107,6 +107,11 @@ def summarize(csv_path: str | os.PathLike, expected: int | None = None, meta: di
         lines.append(
             f"Wall time {float(meta['wall_s']) / 60:.1f} min{over}, with --jobs {' or '.join(jobs)}."
         )
+    if meta.get("method_params"):
+        light = "; ".join(
+            f"{m} " + ", ".join(f"{k} = {v}" for k, v in p.items()) for m, p in meta["method_params"].items()
+        )
+        lines.append(f"Costly methods ran with a light setting (whether they work, not how well): {light}.")
     cpu = sum(float(r["t_total"] or 0) for r in rows)
     lines += [f"Sum of per-model times: {cpu / 60:.1f} min.", ""]
     lines += _outcome(rows, ids)
