@@ -326,15 +326,17 @@ def run_compare(
     image: Image.Image,
     methods: Sequence[str],
     step: Callable[[float, str], Any],
+    params: dict[str, dict[str, object]] | None = None,
 ) -> list[CompareRow]:
-    """Load and explain each model in turn (top-1 target, final map), reporting progress."""
+    """Load and explain each model in turn (top-1 target, final map), reporting progress;
+    `params`: the methods' parameters (`cnnviz.explain`'s)."""
     rows = []
     for i, name in enumerate(names):
         step(i / len(names), f"loading {name}")
         model, lock = pool.get(name)
         step((i + 0.5) / len(names), f"explaining with {name}")
         with lock:
-            ex = model.explain(model.preprocess(image), list(methods), strict=False)
+            ex = model.explain(model.preprocess(image), list(methods), strict=False, params=params)
         rows.append(CompareRow(model, ex, model.model_view(image)))
     step(1.0, "rendering")
     return rows

@@ -98,6 +98,11 @@ class AppSettings:
             meta device before building (CNNVIZ_MAX_MODEL_MB; 0: no limit).
         time_limit_s: seconds after which a request's PyTorch work is stopped
             (CNNVIZ_TIME_LIMIT_S; 0: no limit).
+        max_batch_size: largest ``batch_size`` a visitor may give a method: the inputs pushed
+            through the model at once, so the activation memory of one request
+            (CNNVIZ_MAX_BATCH_SIZE; 0: the registry's bound).
+        max_samples: largest ``n_samples`` (SmoothGrad) or ``steps`` (Integrated Gradients), the
+            passes one sample costs (CNNVIZ_MAX_SAMPLES; 0: the registry's bound).
     """
 
     weights: str
@@ -109,6 +114,8 @@ class AppSettings:
     hub_weights: bool = True
     max_model_mb: float = 1500.0
     time_limit_s: float = 120.0
+    max_batch_size: int = 32
+    max_samples: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AppSettings:
@@ -130,6 +137,8 @@ class AppSettings:
             hub_weights=hub_weights,
             max_model_mb=_env_float(env, "CNNVIZ_MAX_MODEL_MB", cls.max_model_mb),
             time_limit_s=_env_float(env, "CNNVIZ_TIME_LIMIT_S", cls.time_limit_s),
+            max_batch_size=_env_int(env, "CNNVIZ_MAX_BATCH_SIZE", cls.max_batch_size, low=0),
+            max_samples=_env_int(env, "CNNVIZ_MAX_SAMPLES", cls.max_samples, low=0),
         )
 
 
@@ -197,6 +206,54 @@ def param_values(values: Sequence[object]) -> dict[str, dict[str, object]]:
         if value is None or value == "":
             continue
         out.setdefault(mid, {})[p.name] = value
+    return out
+
+
+COSTLY = {
+    "batch_size": ("max_batch_size", "CNNVIZ_MAX_BATCH_SIZE"),
+    "n_samples": ("max_samples", "CNNVIZ_MAX_SAMPLES"),
+    "steps": ("max_samples", "CNNVIZ_MAX_SAMPLES"),
+}
+"""Method parameters whose value multiplies a request's time or memory, and the setting (and its
+environment variable) that bounds them in this deployment."""
+
+
+def param_high(p: cnnviz.methods.Param, settings: AppSettings) -> float | None:
+    """The largest value a visitor may give `p` here: the registry's bound, lowered by the
+    deployment's limit for costly parameters (`COSTLY`)."""
+    attr, _ = COSTLY.get(p.name, ("", ""))
+    cap = int(getattr(settings, attr)) if attr else 0
+    if not cap:
+        return p.high
+    return cap if p.high is None else min(p.high, cap)
+
+
+def bounded_params(
+    methods: Sequence[str], params: dict[str, dict[str, object]], settings: AppSettings
+) -> dict[str, dict[str, object]]:
+    """`params` for `methods` within this deployment's limits: a value above a limit is refused
+    (naming the limit and its variable); a default above it runs at the limit instead."""
+    out = {mid: dict(values) for mid, values in params.items()}
+    for mid in methods:
+        method = cnnviz.get_method(mid)
+        for p in method.params:
+            high = param_high(p, settings)
+            if high is None or high == p.high or isinstance(p.default, (bool, str)):
+                continue
+            given = out.get(mid, {}).get(p.name)
+            if given is None:
+                if float(p.default) > high:
+                    out.setdefault(mid, {})[p.name] = type(p.default)(high)
+                continue
+            try:
+                value = float(given)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                continue  # the method's own check names the wrong type
+            if value > high:
+                env = COSTLY[p.name][1]
+                raise ValueError(
+                    f"{method.label}: {p.name} = {value:g} is above this server's limit of {high:g} ({env})"
+                )
     return out
 
 

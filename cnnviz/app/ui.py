@@ -29,7 +29,16 @@ LATEX: list[dict[str, str | bool]] = [
 ]
 CSS = """
 #cnnviz-banner {background: #fff4e5; border-left: 4px solid #f59e0b; padding: 8px 12px;}
-#cnnviz-gallery .caption-label {white-space: normal; font-size: 12px;}
+#cnnviz-gallery .thumbnail-lg {aspect-ratio: auto !important; height: auto !important;
+  display: flex !important; flex-direction: column; overflow: visible;}
+#cnnviz-gallery .thumbnail-lg > img {aspect-ratio: 1 / 1; height: auto !important;}
+#cnnviz-gallery .caption-label {position: static !important; max-width: none !important;
+  white-space: normal; font-size: 12px; opacity: 1 !important; border: none; border-radius: 0;
+  border-top: 1px solid var(--border-color-primary); overflow-wrap: anywhere;}
+@media (max-width: 640px) {#cnnviz-gallery .grid-container {
+  grid-template-columns: repeat(2, minmax(0, 1fr)) !important;}}
+@media (max-width: 440px) {#cnnviz-gallery .grid-container {
+  grid-template-columns: minmax(0, 1fr) !important;}}
 #cnnviz-gallery .gallery-container {height: auto !important;}
 #cnnviz-gallery .grid-wrap.fixed-height {min-height: 0 !important; height: auto !important;
   max-height: none !important;}
@@ -241,6 +250,7 @@ class App:
         chosen = [cnnviz.get_method(m).id for m in methods or []]
         params = core.param_values(param_values) if param_values else {}
         params = {mid: values for mid, values in params.items() if mid in chosen}
+        params = core.bounded_params(chosen, params, self.settings)
         model, lock = self.model(model_name, progress)
         if colormap not in render.COLORMAPS:
             raise ValueError(f"colormap {colormap!r} is not one of {', '.join(render.COLORMAPS)}")
@@ -308,7 +318,10 @@ class App:
         if not methods:
             raise ValueError("choose at least one method")
         method_ids = [cnnviz.get_method(m).id for m in methods]
-        rows = results.run_compare(self.pool, names, picture, method_ids, lambda f, d: progress(f, desc=d))
+        params = core.bounded_params(method_ids, {}, self.settings)  # defaults within the limits
+        rows = results.run_compare(
+            self.pool, names, picture, method_ids, lambda f, d: progress(f, desc=d), params
+        )
         grid, pictures, arrays = results.compare_grid(
             rows, method_ids, colormap, float(alpha), bool(shared_scale)
         )
@@ -373,11 +386,12 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
                 )
                 colormap = gr.Dropdown(list(render.COLORMAPS), value=render.COLORMAPS[0], label="Colormap")
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay strength")
-            param_inputs = _param_accordions()
+            param_inputs = _param_accordions(app.settings)
             run = gr.Button("Explain", variant="primary", elem_id="cnnviz-explain")
         with gr.Column(scale=3, min_width=360):
             gallery = gr.Gallery(
                 label="Overlays",
+                show_label=False,  # Gradio draws the label over the first picture
                 columns=3,
                 object_fit="contain",
                 format="png",
@@ -434,26 +448,34 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
     )
 
 
-def _param_component(method: cnnviz.Method, p: cnnviz.methods.Param) -> gr.components.Component:
-    """One input for a method parameter, typed and bounded as the registry declares it."""
+def _param_component(
+    method: cnnviz.Method, p: cnnviz.methods.Param, settings: core.AppSettings
+) -> gr.components.Component:
+    """One input for a method parameter, typed and bounded as the registry declares it (costly
+    ones within the deployment's limits, `core.param_high`)."""
     label, info = p.name, p.help
     elem_id = f"cnnviz-param-{method.id}-{p.name}"
     if p.choices:
         return gr.Dropdown(list(p.choices), value=p.default, label=label, info=info, elem_id=elem_id)
     if isinstance(p.default, bool):
         return gr.Checkbox(value=p.default, label=label, info=info, elem_id=elem_id)
+    high = core.param_high(p, settings)
+    value = cast(float, p.default)  # an int or a float: the branches above took the rest
+    if high is not None and high != p.high:
+        info += f" (at most {high:g} here)"
+        value = min(value, high)
     return gr.Number(
-        value=cast(float, p.default),  # an int or a float: the branches above took the rest
+        value=value,
         label=label,
         info=info,
         minimum=p.low,
-        maximum=p.high,
+        maximum=high,
         precision=0 if isinstance(p.default, int) else None,
         elem_id=elem_id,
     )
 
 
-def _param_accordions() -> list[gr.components.Component]:
+def _param_accordions(settings: core.AppSettings) -> list[gr.components.Component]:
     """An accordion per method that has parameters (from the registry), closed; their inputs in
     `core.param_specs()` order."""
     inputs = []
@@ -462,7 +484,7 @@ def _param_accordions() -> list[gr.components.Component]:
             if not method.params:
                 continue
             with gr.Accordion(method.label, open=False):
-                inputs += [_param_component(method, p) for p in method.params]
+                inputs += [_param_component(method, p, settings) for p in method.params]
     return inputs
 
 

@@ -120,3 +120,65 @@ def test_choosing_an_early_layer_marks_cam_not_applicable(app_url, browser):
     assert not page.locator("#cnnviz-methods input[name=cam]").is_checked()
     assert "CAM" in page.locator("#cnnviz-refused").inner_text()
     page.close()
+
+
+TILES = """() => [...document.querySelectorAll('#cnnviz-gallery .thumbnail-lg')].map(t => {
+  const i = t.querySelector('img').getBoundingClientRect();
+  const c = t.querySelector('.caption-label').getBoundingClientRect();
+  return {img: [i.left, i.top, i.right, i.bottom], cap: [c.left, c.top, c.right, c.bottom]};
+})"""
+GRID = """() => { const i = document.querySelector('#cnnviz-grid img'); const r = i.getBoundingClientRect();
+  const c = document.createElement('canvas'); c.width = i.naturalWidth; c.height = i.naturalHeight;
+  const g = c.getContext('2d'); g.drawImage(i, 0, 0);
+  const h = Math.min(200, i.naturalHeight); const d = g.getImageData(0, i.naturalHeight - h, c.width, h).data;
+  let bar = 0;  // the most distinct colours on one row of the bottom 200 px: a colour bar has ~hundreds
+  for (let y = 0; y < h; y++) { const seen = new Set();
+    for (let x = 0; x < c.width; x++) {
+      const k = 4 * (y * c.width + x); seen.add((d[k] << 16) | (d[k + 1] << 8) | d[k + 2]); }
+    bar = Math.max(bar, seen.size); }
+  return {natural: [i.naturalWidth, i.naturalHeight], shown: [r.left, r.right, r.width, r.height],
+          page: document.documentElement.scrollWidth, bar: bar}; }"""
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_captions_sit_under_the_pictures_and_the_colour_bar_fits(app_url, browser, width):
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    page.goto(app_url, wait_until="domcontentloaded")
+    page.locator("#cnnviz-anatomy").get_by_text("CAM exact").wait_for(timeout=60_000)
+    page.locator("#cnnviz-image input[type=file]").set_input_files(str(core.EXAMPLES_DIR / "chelsea.jpg"))
+    page.locator("#cnnviz-image img").first.wait_for(timeout=30_000)
+    page.locator("#cnnviz-explain").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('#cnnviz-gallery .thumbnail-lg img').length >= 2", timeout=90_000
+    )
+    page.wait_for_timeout(500)  # layout settles after the images load
+    tiles = page.evaluate(TILES)
+    for t in tiles:
+        (il, _, ir, ib), (cl, ct, cr, cb) = t["img"], t["cap"]
+        assert ct >= ib - 0.5 and cb > ct, t  # the caption is below the picture, not on it
+        assert cl >= il - 0.5 and cr <= ir + 0.5, t  # ... and no wider than it
+        assert ir <= width and ir - il >= min(200, width * 0.6), t  # a picture one can read
+    # No label drawn on the first picture ("Overlays" used to sit on it).
+    first = tiles[0]["img"]
+    labels = page.locator("#cnnviz-gallery [data-testid=block-label]")
+    for k in range(labels.count()):
+        box = labels.nth(k).bounding_box()
+        assert box is None or box["y"] + box["height"] <= first[1] or box["y"] >= first[3], box
+
+    # Compare on one shared colour scale: the grid, its colour bar included, fits the page.
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#cnnviz-compare-image input[type=file]").set_input_files(
+        str(core.EXAMPLES_DIR / "chelsea.jpg")
+    )
+    page.locator("#cnnviz-compare-image img").first.wait_for(timeout=30_000)
+    page.get_by_label("One colour scale per method across models").check()
+    page.locator("#cnnviz-compare").click()
+    page.locator("#cnnviz-grid img").wait_for(timeout=180_000)
+    page.wait_for_function("() => document.querySelector('#cnnviz-grid img').naturalHeight > 0")
+    grid = page.evaluate(GRID)
+    left, right, shown_w, shown_h = grid["shown"]
+    natural_w, natural_h = grid["natural"]
+    assert left >= 0 and right <= width + 0.5 and grid["page"] <= width, grid  # no sideways scrolling
+    assert abs(shown_h / shown_w - natural_h / natural_w) < 0.02, grid  # scaled, not cropped
+    assert grid["bar"] >= 100, grid  # a colour bar under the grid (a caption row has a few colours)
+    page.close()

@@ -220,3 +220,72 @@ def test_limits_come_from_the_environment():
     for bad in ("-1", "lots", "nan", "inf"):
         with pytest.raises(ValueError, match="CNNVIZ_MAX_MODEL_MB"):
             core.AppSettings.from_env({"CNNVIZ_DEFAULT_MODEL": "x", "CNNVIZ_MAX_MODEL_MB": bad})
+
+
+# ----------------------------------------------------------------------------- costly parameters
+
+
+def test_costly_parameters_are_bounded_by_the_deployment(monkeypatch):
+    app = make_app(max_batch_size=8, max_samples=10)
+    specs = core.param_specs()
+    # What the page sends: each input's value, which starts at the default within the limits.
+    defaults = [
+        p.default if isinstance(p.default, (bool, str)) else min(p.default, core.param_high(p, app.settings))
+        for _, p in specs
+    ]
+
+    def with_value(mid: str, name: str, value):
+        at = next(i for i, (m, p) in enumerate(specs) if (m, p.name) == (mid, name))
+        return [*defaults[:at], value, *defaults[at + 1 :]]
+
+    picture = Image.open(EXAMPLE).convert("RGB")
+    args = (picture, "test_resnet", ["smoothgrad"], core.TOP1, core.FINAL_LABEL, render.COLORMAPS[0], 0.5)
+    run = ui.user_errors(app.explain)
+    with pytest.raises(gr.Error) as err:
+        run(*args, *with_value("smoothgrad", "n_samples", 500), progress=noop)
+    assert "n_samples = 500" in err.value.message and "limit of 10 (CNNVIZ_MAX_SAMPLES)" in err.value.message
+    with pytest.raises(gr.Error, match=r"batch_size = 64 .* limit of 8 \(CNNVIZ_MAX_BATCH_SIZE\)"):
+        run(*args, *with_value("smoothgrad", "batch_size", 64), progress=noop)
+    # Defaults above a limit run at the limit: what the method receives says so.
+    seen = []
+    explain_call = zoo.Model.explain
+
+    def spying(self, *a, **kw):
+        seen.append(kw.get("params"))
+        return explain_call(self, *a, **kw)
+
+    monkeypatch.setattr(zoo.Model, "explain", spying)
+    ig = (picture, "test_resnet", ["integrated_gradients"], *args[3:])
+    run(*ig, *defaults, progress=noop)  # the page's values: within the limits
+    assert seen[-1]["integrated_gradients"]["steps"] == 10
+    run(*ig, progress=noop)  # an API call without parameters: IG's default is 50 steps, batches of 16
+    assert seen[-1]["integrated_gradients"]["steps"] == 10
+    assert seen[-1]["integrated_gradients"]["batch_size"] == 8
+    # Without limits (0) the registry's bounds hold and nothing changes.
+    free = dataclasses.replace(SETTINGS, max_batch_size=0, max_samples=0)
+    assert core.bounded_params(["integrated_gradients"], {}, free) == {}
+
+
+def test_the_parameter_inputs_show_the_deployment_limits():
+    demo = ui.build(dataclasses.replace(SETTINGS, max_batch_size=8, max_samples=10))
+    numbers = {b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Number) and b.elem_id}
+    steps = numbers["cnnviz-param-integrated_gradients-steps"]
+    assert steps.maximum == 10 and steps.value == 10 and "at most 10 here" in steps.info
+    assert numbers["cnnviz-param-smoothgrad-batch_size"].maximum == 8
+    assert numbers["cnnviz-param-smoothgrad-sigma"].maximum == 1.0  # not a costly parameter
+    # The guard checks API calls against these bounds before any handler runs.
+    field = ui.field_of(numbers["cnnviz-param-smoothgrad-n_samples"])
+    assert field is not None
+    with pytest.raises(guard.Refused, match="outside 1 to 10"):
+        field.check(11)
+
+
+def test_cost_limits_come_from_the_environment():
+    s = core.AppSettings.from_env({"CNNVIZ_DEFAULT_MODEL": "x"})
+    assert (s.max_batch_size, s.max_samples) == (32, 100)
+    s = core.AppSettings.from_env(
+        {"CNNVIZ_DEFAULT_MODEL": "x", "CNNVIZ_MAX_BATCH_SIZE": "4", "CNNVIZ_MAX_SAMPLES": "0"}
+    )
+    assert (s.max_batch_size, s.max_samples) == (4, 0)
+    with pytest.raises(ValueError, match="CNNVIZ_MAX_SAMPLES"):
+        core.AppSettings.from_env({"CNNVIZ_DEFAULT_MODEL": "x", "CNNVIZ_MAX_SAMPLES": "-3"})
