@@ -422,7 +422,7 @@ def test_the_sweep_runs_costly_methods_light(monkeypatch):
 def test_families_smoke(tmp_path):
     """One small model per timm family, as CI runs it: the expected outcome, on real models.
 
-    All 16 methods, the costly ones light (SWEEP_PARAMS): 9.8 minutes with 2 jobs on 2 shared
+    All 17 methods, the costly ones light (SWEEP_PARAMS): 9.8 minutes with 2 jobs on 2 shared
     cores at load 3.5 (at their defaults it passed the 30-minute timeout in CI).
     """
     jobs = int(os.environ.get("CNNVIZ_SWEEP_JOBS", "0")) or max(1, min(2, os.cpu_count() or 1))
