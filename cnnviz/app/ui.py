@@ -403,6 +403,7 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
                     anatomy = gr.Markdown(label="Anatomy", elem_id="cnnviz-anatomy")
             notes = gr.Markdown(label="Method notes")
             download = gr.File(label="Download: raw maps (.npy), images (.png), meta.json")
+            evaluate_panel = ui_evaluate.EvaluatePanel()
     top_state = gr.State([])
 
     model_outputs = [method_box, refused, layer, target, anatomy, banner]
@@ -441,6 +442,7 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
         api_name="explain",
         concurrency_id=MODEL_EVENTS,
     ).success(user_errors(app.weights_notice), [model], [predictions, banner], api_visibility="undocumented")
+    evaluate_panel.wire(app, explain_inputs, explain_outputs)
     then_explain(examples.load_input_event, api_visibility="undocumented")
     then_explain(
         predictions.select(app.pick_target, [top_state], [target], api_visibility="undocumented"),
@@ -573,6 +575,8 @@ def build(settings: core.AppSettings | None = None) -> gr.Blocks:
             _explain_tab(app, banner, demo)
         with gr.Tab("Compare", id="compare"):
             _compare_tab(app, banner)
+        with gr.Tab("Sanity check", id="sanity"):
+            ui_evaluate.sanity_tab(app)
         with gr.Tab("Methods", id="methods"):
             gr.Markdown(core.methods_markdown(), latex_delimiters=LATEX)
         with gr.Tab("Support", id="support"):
@@ -595,3 +599,6 @@ def theme() -> gr.themes.Base:
         font=("ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "DejaVu Sans", "sans-serif"),
         font_mono=("ui-monospace", "SFMono-Regular", "Menlo", "DejaVu Sans Mono", "monospace"),
     )
+
+
+from cnnviz.app import ui_evaluate  # noqa: E402  (the Evaluate action and Sanity tab; it imports this module)

@@ -182,3 +182,24 @@ def test_captions_sit_under_the_pictures_and_the_colour_bar_fits(app_url, browse
     assert abs(shown_h / shown_w - natural_h / natural_w) < 0.02, grid  # scaled, not cropped
     assert grid["bar"] >= 100, grid  # a colour bar under the grid (a caption row has a few colours)
     page.close()
+
+
+def test_evaluate_shows_the_curves_and_the_score_table(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url, wait_until="domcontentloaded")
+    page.locator("#cnnviz-anatomy").get_by_text("CAM exact").wait_for(timeout=60_000)
+    page.locator("#cnnviz-image input[type=file]").set_input_files(str(core.EXAMPLES_DIR / "chelsea.jpg"))
+    page.locator("#cnnviz-image img").first.wait_for(timeout=30_000)
+    assert not page.locator("#cnnviz-evaluate").is_visible()  # off by default: the panel is closed
+    page.get_by_text("Evaluate the maps: deletion, insertion, Average Drop").click()
+    page.locator("#cnnviz-evaluate").click()
+    page.locator("#cnnviz-eval-curves img").wait_for(timeout=120_000)
+    table = page.locator("#cnnviz-eval-table table")
+    table.wait_for(timeout=30_000)
+    checked = page.locator("#cnnviz-methods label:has(input:checked)").all_inner_texts()
+    rows = table.locator("tbody tr").all_inner_texts()
+    assert [r.split("\t")[0].strip() for r in rows] == [f"{c.strip()} (RANDOM WEIGHTS)" for c in checked]
+    assert "(lower is better)" in table.locator("thead").inner_text()
+    assert "RANDOM WEIGHTS" in page.locator("#cnnviz-eval-table").inner_text()
+    page.wait_for_function("() => document.querySelectorAll('#cnnviz-gallery img').length > 0")
+    page.close()

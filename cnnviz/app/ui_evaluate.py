@@ -1,0 +1,211 @@
+"""The Gradio side of judging maps: the Explain tab's Evaluate action and the Sanity check tab.
+
+`cnnviz.app.ui.build` calls `EvaluatePanel` inside the Explain tab and `sanity_tab` for a tab of its
+own. The sanity check gets its own tab rather than a section of Explain: it has its own limits (at
+most `MAX_SANITY_METHODS` methods, one `explain` per randomization step, seconds to tens of seconds),
+its own reading (one row of maps per method, one column per step, too wide for Explain's output
+column) and always uses the model's default layer. The computing lives in
+`cnnviz.app.evaluation`; the handlers run under the app's limits through `ui.user_errors`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from cnnviz.app import evaluation, ui
+from cnnviz.app import settings as core
+
+EVALUATE_INTRO = (
+    "Judge the maps shown above: how fast the class probability falls when the pixels each map ranks "
+    "highest are removed (**deletion**), how fast it rises when they are restored onto a blurred copy "
+    "(**insertion**), and, for the CAM family, **Average Drop / Increase in Confidence**. Costs about "
+    "2 × steps forwards per method; it is not run with a plain Explain."
+)
+PROGRESS = gr.Progress()  # as `ui.PROGRESS`: Gradio swaps in a tracker per event
+
+
+class Judge:
+    """The handlers; `pool` and `settings` let `ui.user_errors` apply the app's time budget and
+    clean-up after a failure, as for the Explain and Compare handlers."""
+
+    def __init__(self, app: ui.App):
+        self.app = app
+        self.pool = app.pool
+        self.settings = app.settings
+
+    def evaluate(
+        self,
+        image: Image.Image | None,
+        model_name: str,
+        methods: list[str],
+        target: str,
+        layer: str,
+        steps: float,
+        *param_values: Any,
+        progress=PROGRESS,
+    ):
+        """Deletion/insertion curves, and a table of every metric with its direction, for the maps
+        that Explain shows with these inputs (same methods, target, layer and parameters)."""
+        picture = core.prepare_image(image)
+        chosen = evaluation.check_methods(methods, evaluation.MAX_EVALUATE_METHODS, "evaluate")
+        count = evaluation.check_steps(steps)
+        params = core.param_values(param_values) if param_values else {}
+        params = {mid: values for mid, values in params.items() if mid in chosen}
+        model, lock = self.app.model(model_name, progress)
+        target_idx = core.parse_target(target, model.class_names)
+        layer_name = core.parse_layer(layer, model.anatomy)
+        with lock:
+            view = evaluation.evaluate_one(
+                model,
+                picture,
+                chosen,
+                target_idx,
+                layer_name,
+                count,
+                params,
+                lambda f, what: progress(f, desc=what),
+            )
+        curves = self.app.archives.save_png(view.curves, f"cnnviz-evaluate-{model.name}")
+        return curves, view.table, view.scores
+
+    def sanity(
+        self,
+        image: Image.Image | None,
+        model_name: str,
+        methods: list[str],
+        target: str,
+        steps: float,
+        progress=PROGRESS,
+    ):
+        """Cascading model randomization on a copy of the model: the maps after each step, the
+        rank-correlation curves, and what they mean."""
+        picture = core.prepare_image(image)
+        chosen = evaluation.check_methods(methods, evaluation.MAX_SANITY_METHODS, "check")
+        count = evaluation.check_steps(steps, 1, evaluation.MAX_SANITY_STEPS, "randomization steps")
+        model, lock = self.app.model(model_name, progress)
+        target_idx = core.parse_target(target, model.class_names)
+        with lock:
+            view = evaluation.sanity_one(
+                model, picture, chosen, target_idx, count, lambda f, what: progress(f, desc=what)
+            )
+        strip = self.app.archives.save_png(view.strip, f"cnnviz-sanity-{model.name}")
+        curves = self.app.archives.save_png(view.curves, f"cnnviz-sanity-curves-{model.name}")
+        return strip, curves, view.text, view.correlations
+
+
+class EvaluatePanel:
+    """The Evaluate action, inside the Explain tab's output column (closed: off by default)."""
+
+    def __init__(self) -> None:
+        title = "Evaluate the maps: deletion, insertion, Average Drop"
+        with gr.Accordion(title, open=False, elem_id="cnnviz-evaluate-panel"):
+            gr.Markdown(EVALUATE_INTRO)
+            with gr.Row(equal_height=True):
+                self.steps = gr.Slider(
+                    2,
+                    evaluation.MAX_STEPS,
+                    value=evaluation.DEFAULT_STEPS,
+                    step=1,
+                    label="Deletion/insertion steps",
+                    info=f"Pixels removed or restored in this many steps (2 to {evaluation.MAX_STEPS})",
+                    elem_id="cnnviz-eval-steps",
+                )
+                self.button = gr.Button("Evaluate", variant="secondary", elem_id="cnnviz-evaluate")
+            self.curves = gr.Image(
+                label="Deletion and insertion curves",
+                type="pil",
+                format="png",
+                interactive=False,
+                elem_id="cnnviz-eval-curves",
+            )
+            self.table = gr.Markdown(label="Scores table", elem_id="cnnviz-eval-table")
+            with gr.Accordion("Scores as JSON", open=False):
+                self.scores = gr.JSON(label="Scores", elem_id="cnnviz-eval-scores")
+
+    def wire(self, app: ui.App, explain_inputs: list, explain_outputs: list) -> None:
+        """Evaluate clears the old result, explains (so that the maps judged are the maps shown),
+        then judges them; `/evaluate` alone is the named endpoint."""
+        judge = Judge(app)
+        image, model, methods, target, layer, *_style = explain_inputs[:7]
+        params = explain_inputs[7:]
+        outputs = [self.curves, self.table, self.scores]
+        self.button.click(
+            lambda: (None, "", None), None, outputs, api_visibility="private", queue=False
+        ).then(
+            ui.user_errors(app.explain),
+            explain_inputs,
+            explain_outputs,
+            api_visibility="undocumented",
+            concurrency_id=ui.MODEL_EVENTS,
+        ).success(
+            ui.user_errors(judge.evaluate),
+            [image, model, methods, target, layer, self.steps, *params],
+            outputs,
+            api_name="evaluate",
+            concurrency_id=ui.MODEL_EVENTS,
+            show_progress_on=[self.curves],
+        )
+
+
+def sanity_tab(app: ui.App) -> None:
+    """Image, model, up to `MAX_SANITY_METHODS` methods, steps; the strip, the curves, the reading."""
+    import cnnviz
+
+    methods = cnnviz.list_methods()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            image = ui.image_input(app.gate, label="Image", height=260, elem_id="cnnviz-sanity-image")
+            gr.Examples(core.example_paths(), inputs=[image], cache_examples=False, label="Examples")
+            model = ui._model_dropdown(app, "Model", value=app.settings.default_model)
+            chosen = gr.CheckboxGroup(
+                [(m.label, m.id) for m in methods],
+                value=[m for m in evaluation.SANITY_DEFAULTS if m in {x.id for x in methods}],
+                label=f"Methods (at most {evaluation.MAX_SANITY_METHODS})",
+                info="Each randomization step explains every chosen method again",
+                elem_id="cnnviz-sanity-methods",
+            )
+            target = gr.Dropdown(
+                [core.TOP1],
+                value=core.TOP1,
+                label="Target class",
+                info="Top-1 of the trained model by default, kept for every step; or a class index or name",
+                allow_custom_value=True,
+            )
+            steps = gr.Slider(
+                1,
+                evaluation.MAX_SANITY_STEPS,
+                value=evaluation.MAX_SANITY_STEPS,
+                step=1,
+                label="Randomization steps",
+                info="Classifier first, then each stage down to the stem (more than the model has: all)",
+            )
+            run = gr.Button("Run the sanity check", variant="primary", elem_id="cnnviz-sanity")
+        with gr.Column(scale=3, min_width=360):
+            strip = gr.Image(
+                label="Maps as the network is randomized",
+                type="pil",
+                format="png",
+                interactive=False,
+                elem_id="cnnviz-sanity-strip",
+            )
+            curves = gr.Image(
+                label="Rank correlation with the trained map",
+                type="pil",
+                format="png",
+                interactive=False,
+                elem_id="cnnviz-sanity-curves",
+            )
+            text = gr.Markdown(evaluation.SANITY_MEANING, label="What it means", elem_id="cnnviz-sanity-text")
+            with gr.Accordion("Correlations as JSON", open=False):
+                correlations = gr.JSON(label="Correlations")
+    run.click(
+        ui.user_errors(Judge(app).sanity),
+        [image, model, chosen, target, steps],
+        [strip, curves, text, correlations],
+        api_name="sanity",
+        concurrency_id=ui.MODEL_EVENTS,
+        show_progress_on=[strip],
+    )
