@@ -188,9 +188,15 @@ def score_table(
         if model.random_weights:
             label += f" ({RANDOM_WEIGHTS})"
         lines.append(f"| {label} | " + " | ".join(_cell(result, method, m.id) for m in metrics) + " |")
-    refused = {reason for reasons in result.refused.values() for reason in reasons.values()}
-    if refused:
-        lines.append("\nn/a: " + "; ".join(sorted(refused)) + ".")
+    refused = [m for m in metrics if any(m.id in r for r in result.refused.values())]
+    for families in dict.fromkeys(m.families for m in refused):
+        group = [m for m in refused if m.families == families]
+        names = " and ".join(m.label for m in group)
+        who = group[0].paper.split(",")[0]
+        lines.append(
+            f"\nn/a: {names} {'is' if len(group) == 1 else 'are'} defined for "
+            f"{' and '.join(sorted(families))}-family maps only ({who} et al.)."
+        )
     lines.append(
         "\nDeletion removes the pixels the map ranks highest (to the mean colour); insertion restores "
         "them onto a blurred copy (Petsiuk et al. 2018); the areas are under the class-probability "
@@ -363,7 +369,8 @@ def sanity_text(check: ev.SanityCheck, model: Model, class_name: str, available:
             f"- **{label}**: ρ = {_rho(first)} once the classifier is randomized, {_rho(last)} after "
             f"the last step; it {reading(first)}."
         )
-    lines.append("\n| method (Spearman ρ of \\|map\\|) | " + " | ".join(check.labels) + " |")
+    short = [label.split(" (")[0] for label in check.labels]  # the sentence above names them whole
+    lines.append("\n| method (Spearman ρ of \\|map\\|) | " + " | ".join(short) + " |")
     lines.append("| --- |" + " ---: |" * len(check.labels))
     for method in check.methods:
         label = cnnviz.get_method(method).label + (f" ({RANDOM_WEIGHTS})" if model.random_weights else "")

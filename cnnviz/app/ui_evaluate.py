@@ -116,6 +116,7 @@ class EvaluatePanel:
                 self.button = gr.Button("Evaluate", variant="secondary", elem_id="cnnviz-evaluate")
             self.curves = gr.Image(
                 label="Deletion and insertion curves",
+                show_label=False,  # the label (the API's name) would hide the title
                 type="pil",
                 format="png",
                 interactive=False,
@@ -186,6 +187,7 @@ def sanity_tab(app: ui.App) -> None:
         with gr.Column(scale=3, min_width=360):
             strip = gr.Image(
                 label="Maps as the network is randomized",
+                show_label=False,
                 type="pil",
                 format="png",
                 interactive=False,
@@ -193,6 +195,7 @@ def sanity_tab(app: ui.App) -> None:
             )
             curves = gr.Image(
                 label="Rank correlation with the trained map",
+                show_label=False,
                 type="pil",
                 format="png",
                 interactive=False,
