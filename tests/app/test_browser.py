@@ -203,3 +203,20 @@ def test_evaluate_shows_the_curves_and_the_score_table(app_url, browser):
     assert "RANDOM WEIGHTS" in page.locator("#cnnviz-eval-table").inner_text()
     page.wait_for_function("() => document.querySelectorAll('#cnnviz-gallery img').length > 0")
     page.close()
+
+
+def test_sanity_check_tab_shows_the_strip_the_curves_and_the_reading(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url, wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Sanity check").click()
+    page.locator("#cnnviz-sanity-image input[type=file]").set_input_files(
+        str(core.EXAMPLES_DIR / "chelsea.jpg")
+    )
+    page.locator("#cnnviz-sanity-image img").first.wait_for(timeout=30_000)
+    page.locator("#cnnviz-sanity").click()
+    page.locator("#cnnviz-sanity-curves img").wait_for(timeout=120_000)
+    assert page.locator("#cnnviz-sanity-strip img").first.is_visible()
+    text = page.locator("#cnnviz-sanity-text")
+    text.locator("table").wait_for(timeout=30_000)
+    assert "RANDOM WEIGHTS" in text.inner_text() and "classifier" in text.locator("thead").inner_text()
+    page.close()
