@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+import cnnviz
 from cnnviz.app import evaluation, ui
 from cnnviz.app import settings as core
 
@@ -54,6 +55,7 @@ class Judge:
         count = evaluation.check_steps(steps)
         params = core.param_values(param_values) if param_values else {}
         params = {mid: values for mid, values in params.items() if mid in chosen}
+        params = core.bounded_params(chosen, params, self.settings)  # this server's limits, as /explain
         model, lock = self.app.model(model_name, progress)
         target_idx = core.parse_target(target, model.class_names)
         layer_name = core.parse_layer(layer, model.anatomy)
@@ -85,6 +87,10 @@ class Judge:
         picture = core.prepare_image(image)
         chosen = evaluation.check_methods(methods, evaluation.MAX_SANITY_METHODS, "check")
         count = evaluation.check_steps(steps, 1, evaluation.MAX_SANITY_STEPS, "randomization steps")
+        lowered = core.bounded_params(chosen, {}, self.settings)
+        if lowered:  # every step runs the registry's defaults: they must be within this server's limits
+            names = ", ".join(cnnviz.get_method(m).label for m in lowered)
+            raise ValueError(f"{names}: the defaults are above this server's limits; choose other methods")
         model, lock = self.app.model(model_name, progress)
         target_idx = core.parse_target(target, model.class_names)
         with lock:
@@ -153,8 +159,6 @@ class EvaluatePanel:
 
 def sanity_tab(app: ui.App) -> None:
     """Image, model, up to `MAX_SANITY_METHODS` methods, steps; the strip, the curves, the reading."""
-    import cnnviz
-
     methods = cnnviz.list_methods()
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):

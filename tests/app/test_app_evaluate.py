@@ -308,3 +308,22 @@ def test_sanity_on_trained_lite0_separates_grad_cam_from_guided_backprop(trained
     assert "RANDOM" not in text and "fails the check" in text
     line = next(line for line in text.splitlines() if line.startswith("- **Guided backpropagation**"))
     assert f"ρ = {first['guided_backprop']:.2f}" in line and "fails the check" in line
+
+
+def test_costly_method_parameters_are_bounded_like_explain():
+    app = ui.App(dataclasses.replace(SETTINGS, max_samples=10))
+    judge = ui_evaluate.Judge(app)
+    picture = Image.open(CAT).convert("RGB")
+    values = [p.default for _, p in core.param_specs()]
+    values[[(m, p.name) for m, p in core.param_specs()].index(("smoothgrad", "n_samples"))] = 20
+    args = (picture, "test_resnet", ["smoothgrad"], core.TOP1, core.FINAL_LABEL, 2, *values)
+    with pytest.raises(
+        gr.Error, match=r"n_samples = 20 is above this server's limit of 10 \(CNNVIZ_MAX_SAMPLES\)"
+    ):
+        ui.user_errors(judge.evaluate)(*args, progress=noop)
+    with pytest.raises(gr.Error, match="SmoothGrad: the defaults are above this server's limits"):
+        ui.user_errors(judge.sanity)(picture, "test_resnet", ["smoothgrad"], core.TOP1, 2, progress=noop)
+    _, _, scores = ui.user_errors(judge.evaluate)(
+        picture, "test_resnet", ["smoothgrad"], core.TOP1, core.FINAL_LABEL, 2, progress=noop
+    )  # without values the default (25) runs at the limit, as /explain does
+    assert set(scores["scores"]["smoothgrad"]) == {"deletion", "insertion"}
