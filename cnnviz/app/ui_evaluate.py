@@ -139,6 +139,16 @@ class EvaluatePanel:
         image, model, methods, target, layer, *_style = explain_inputs[:7]
         params = explain_inputs[7:]
         outputs = [self.curves, self.table, self.scores]
+        # Scores of other inputs than the ones shown would mislead: a change clears them.
+        gr.on(
+            [c.change for c in (image, model, methods, target, layer, *params)],
+            lambda: (None, "", None),
+            None,
+            outputs,
+            api_visibility="private",
+            queue=False,
+            show_progress="hidden",
+        )
         self.button.click(
             lambda: (None, "", None), None, outputs, api_visibility="private", queue=False
         ).then(

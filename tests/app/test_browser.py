@@ -202,6 +202,9 @@ def test_evaluate_shows_the_curves_and_the_score_table(app_url, browser):
     assert "(lower is better)" in table.locator("thead").inner_text()
     assert "RANDOM WEIGHTS" in page.locator("#cnnviz-eval-table").inner_text()
     page.wait_for_function("() => document.querySelectorAll('#cnnviz-gallery img').length > 0")
+    page.locator("#cnnviz-methods label:has(input:checked)").first.click()  # other maps: old scores go
+    table.wait_for(state="detached", timeout=30_000)
+    assert page.locator("#cnnviz-eval-curves img").count() == 0
     page.close()
 
 
