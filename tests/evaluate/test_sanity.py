@@ -153,3 +153,35 @@ def test_the_copy_leaves_the_users_hooks_behind():
         assert len(model.layer4._forward_hooks) == 1
     finally:
         handle.remove()
+
+
+def test_the_copy_is_never_probed_again_and_refolded_only_for_cam(monkeypatch):
+    from cnnviz.engine import anatomy
+
+    model = make_model("resnet18", num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    methods = ["grad_cam", "vanilla_gradient", "guided_backprop"]
+    ex = cnnviz.explain(model, x, methods)
+    calls = {"inspect": 0, "refold": 0}
+    inspect_, refold_ = anatomy._inspect, sanity.refold
+
+    def counting_inspect(m):
+        calls["inspect"] += 1
+        return inspect_(m)
+
+    def counting_refold(m, known):
+        calls["refold"] += 1
+        return refold_(m, known)
+
+    monkeypatch.setattr(anatomy, "_inspect", counting_inspect)
+    monkeypatch.setattr(sanity, "refold", counting_refold)
+    fast = ev.model_randomization(model, x, methods, explanation=ex, steps=3)
+    assert calls == {"inspect": 0, "refold": 0}  # no probe pass, no head fold: CAM is not asked for
+    # Refolding every step (as for CAM) changes none of these maps.
+    monkeypatch.setattr(sanity, "FOLD_READERS", frozenset(methods))
+    slow = ev.model_randomization(model, x, methods, explanation=ex, steps=3)
+    assert calls == {"inspect": 0, "refold": 3}
+    for m in methods:
+        for a, b in zip(fast.maps[m], slow.maps[m], strict=True):
+            assert torch.equal(a, b), m
+        torch.testing.assert_close(fast.spearman_abs[m], slow.spearman_abs[m], rtol=0, atol=0, equal_nan=True)
