@@ -73,6 +73,12 @@ class Judge:
         curves = self.app.archives.save_png(view.curves, f"cnnviz-evaluate-{model.name}")
         return curves, view.table, view.scores
 
+    def on_model(self, model_name: str, selected: list[str] | None):
+        """A model was chosen on the Sanity tab: mark the methods that do not apply to it."""
+        model, _ = self.app.model(model_name)
+        choices, refused = core.method_status(model.anatomy, model.default_layer)
+        return gr.update(choices=choices, value=core.kept_methods(selected, refused))
+
     def sanity(
         self,
         image: Image.Image | None,
@@ -179,7 +185,7 @@ def sanity_tab(app: ui.App) -> None:
                 [(m.label, m.id) for m in methods],
                 value=[m for m in evaluation.SANITY_DEFAULTS if m in {x.id for x in methods}],
                 label=f"Methods (at most {evaluation.MAX_SANITY_METHODS})",
-                info="Each randomization step explains every chosen method again",
+                info="Each randomization step explains every chosen method again; n/a: does not apply",
                 elem_id="cnnviz-sanity-methods",
             )
             target = gr.Dropdown(
@@ -218,8 +224,17 @@ def sanity_tab(app: ui.App) -> None:
             text = gr.Markdown(evaluation.SANITY_MEANING, label="What it means", elem_id="cnnviz-sanity-text")
             with gr.Accordion("Correlations as JSON", open=False):
                 correlations = gr.JSON(label="Correlations")
+    judge = Judge(app)
+    model.change(
+        ui.user_errors(judge.on_model),
+        [model, chosen],
+        [chosen],
+        api_visibility="undocumented",
+        concurrency_id=ui.MODEL_EVENTS,
+        show_progress="hidden",
+    )
     run.click(
-        ui.user_errors(Judge(app).sanity),
+        ui.user_errors(judge.sanity),
         [image, model, chosen, target, steps],
         [strip, curves, text, correlations],
         api_name="sanity",

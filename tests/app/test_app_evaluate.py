@@ -179,6 +179,7 @@ def test_sanity_endpoint_on_random_weights_says_so_everywhere(client):
     assert correlations["random_weights"] is True and correlations["warning"] == ev.RANDOM_WEIGHTS_NOTE
     for method in ("grad_cam", "guided_backprop"):
         assert len(correlations["spearman_abs"][method]) == len(steps)
+        assert len(correlations["ssim"][method]) == len(steps)  # scikit-image is a test dependency
     _, _, fewer, short = sanity(client, ["guided_backprop"], steps=2)
     assert short["steps"] == [s.label for s in steps[:2]] and f"2 of its {len(steps)} steps" in fewer
 
@@ -327,3 +328,14 @@ def test_costly_method_parameters_are_bounded_like_explain():
         picture, "test_resnet", ["smoothgrad"], core.TOP1, core.FINAL_LABEL, 2, progress=noop
     )  # without values the default (25) runs at the limit, as /explain does
     assert set(scores["scores"]["smoothgrad"]) == {"deletion", "insertion"}
+
+
+def test_the_sanity_tab_marks_methods_that_do_not_apply_to_the_model():
+    judge = ui_evaluate.Judge(ui.App(SETTINGS))
+    update = ui.user_errors(judge.on_model)("test_vit", ["cam", "grad_cam"])
+    assert update["value"] == ["grad_cam"]  # CAM does not apply to class-token pooling
+    assert ("CAM (n/a)", "cam") in update["choices"]
+    demo = ui.build(SETTINGS)
+    fns = [f for f in demo.fns.values() if [b.elem_id for b in f.outputs] == ["cnnviz-sanity-methods"]]
+    assert len(fns) == 1 and fns[0].fn.__wrapped__.__func__ is ui_evaluate.Judge.on_model
+    assert [b.label for b in fns[0].inputs] == ["Model", f"Methods (at most {evaluation.MAX_SANITY_METHODS})"]
