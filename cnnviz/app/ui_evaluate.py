@@ -233,10 +233,21 @@ def sanity_tab(app: ui.App) -> None:
         concurrency_id=ui.MODEL_EVENTS,
         show_progress="hidden",
     )
-    run.click(
+    outputs = [strip, curves, text, correlations]
+    blank = (None, None, evaluation.SANITY_MEANING, None)
+    gr.on(  # a result of other inputs than the ones shown would mislead
+        [c.change for c in (image, model, chosen, target, steps)],
+        lambda: blank,
+        None,
+        outputs,
+        api_visibility="private",
+        queue=False,
+        show_progress="hidden",
+    )
+    run.click(lambda: blank, None, outputs, api_visibility="private", queue=False).then(
         ui.user_errors(judge.sanity),
         [image, model, chosen, target, steps],
-        [strip, curves, text, correlations],
+        outputs,
         api_name="sanity",
         concurrency_id=ui.MODEL_EVENTS,
         show_progress_on=[strip],

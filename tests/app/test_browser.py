@@ -222,4 +222,7 @@ def test_sanity_check_tab_shows_the_strip_the_curves_and_the_reading(app_url, br
     text = page.locator("#cnnviz-sanity-text")
     text.locator("table").wait_for(timeout=30_000)
     assert "RANDOM WEIGHTS" in text.inner_text() and "classifier" in text.locator("thead").inner_text()
+    page.locator("#cnnviz-sanity-methods label:has(input:checked)").first.click()  # other inputs
+    text.locator("table").wait_for(state="detached", timeout=30_000)
+    assert page.locator("#cnnviz-sanity-strip img").count() == 0
     page.close()
