@@ -340,3 +340,50 @@ def test_the_sanity_tab_marks_methods_that_do_not_apply_to_the_model():
     fns = [f for f in demo.fns.values() if [b.elem_id for b in f.outputs] == ["cnnviz-sanity-methods"]]
     assert len(fns) == 1 and fns[0].fn.__wrapped__.__func__ is ui_evaluate.Judge.on_model
     assert [b.label for b in fns[0].inputs] == ["Model", f"Methods (at most {evaluation.MAX_SANITY_METHODS})"]
+
+
+def test_progress_is_reported_in_order_while_judging():
+    judge = ui_evaluate.Judge(ui.App(SETTINGS))
+    picture = Image.open(CAT).convert("RGB")
+    seen: list[tuple[float, str]] = []
+
+    def progress(fraction, desc=""):
+        seen.append((float(fraction), desc))
+
+    ui.user_errors(judge.evaluate)(
+        picture, "test_resnet", ["grad_cam"], core.TOP1, core.FINAL_LABEL, 4, progress=progress
+    )
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[0] >= 0 and fractions[-1] <= 1, seen
+    assert {"explaining", "deletion and insertion", "drawing the curves"} <= {d for _, d in seen}, seen
+    seen.clear()
+    ui.user_errors(judge.sanity)(picture, "test_resnet", ["grad_cam"], core.TOP1, 3, progress=progress)
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] <= 1, seen
+    assert [d for _, d in seen if d.startswith("randomized")] == [
+        f"randomized {i} of 3 steps" for i in (1, 2, 3)
+    ]
+
+
+def test_a_constant_map_reads_as_not_available_not_as_a_number():
+    import torch
+
+    check = ev.SanityCheck(
+        steps=(ev.Step("classifier", ("fc.weight",)),),
+        methods=("grad_cam",),
+        maps={"grad_cam": [torch.rand(1, 4, 4), torch.zeros(1, 4, 4)]},
+        spearman_abs={"grad_cam": torch.tensor([[float("nan")]])},
+        spearman_signed={"grad_cam": torch.tensor([[float("nan")]])},
+        ssim=None,
+        targets=torch.tensor([3]),
+        seconds=(0.0, 0.0),
+    )
+    model = zoo.load_model("test_resnet", weights="random")
+    record = evaluation.sanity_record(check, model, "x", 0.1)
+    assert record["spearman_abs"] == {"grad_cam": [None]} and "ssim" not in record
+    text = evaluation.sanity_text(check, model, "x", 1, 0.1)
+    assert "ρ = n/a once the classifier is randomized" in text and "constant" in text
+    assert "| Grad-CAM (RANDOM WEIGHTS) | n/a |" in text
+    view = Image.new("RGB", (32, 32))
+    strip = evaluation.sanity_strip(check, view, random_weights=True)
+    assert strip.width >= 2 * evaluation.STRIP_CELL
