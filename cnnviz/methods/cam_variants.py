@@ -39,8 +39,10 @@ def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     summary="Grad-CAM with pixel-wise weights on the positive gradients (the paper's closed form "
     "for an exponential score, with the logit's gradient powers standing for its higher "
     "derivatives): spreads the map over several instances of the class.",
-    warning="the higher derivatives are the gradient's powers, exact only for an exponential "
-    "score; a weight where the denominator is 0 is set to 0",
+    warning="behind a GAP + linear head only the positive part of the class weights counts, so the "
+    "map barely changes with the class or when the classifier is redrawn (trained Lite0: Spearman "
+    "0.98, fails the randomization check); the higher derivatives are the gradient's powers, exact "
+    "only for an exponential score",
     cost="1 forward + 1 backward to the layer (shared with Grad-CAM)",
     requires=("a classifier", "a spatial map at the layer"),
     needs={"map", "map_grad"},
@@ -90,7 +92,9 @@ def xgrad_cam(passes: Passes, params: Params, runner: Runner) -> Result:
     r"{\partial A^k_{ij}}\big)\,A^k_{ij}\Big)",
     summary="Each position weighted by its own positive gradient instead of the channel's average: "
     "finer maps, usable at shallow layers where Grad-CAM's averaged weights blur.",
-    warning="negative gradients are dropped position by position, so evidence against the class never shows",
+    warning="negative gradients are dropped position by position, so evidence against the class "
+    "never shows; behind a GAP + linear head the map barely changes with the class or when the "
+    "classifier is redrawn (trained Lite0: Spearman 0.98, fails the randomization check)",
     cost="1 forward + 1 backward to the layer (shared with Grad-CAM)",
     requires=("a classifier", "a spatial map at the layer"),
     needs={"map", "map_grad"},
@@ -153,7 +157,9 @@ def principal_projection(m: torch.Tensor) -> torch.Tensor:
     summary="The map's dominant pattern over positions, from the map alone: no gradient, no class. "
     "The sign of a principal component is arbitrary; here it is the one that agrees with the "
     "map's mean.",
-    warning="not class-discriminative: the same map for every target class",
+    warning="not class-discriminative: the same map for every target class, and for any classifier "
+    "(it passes no randomization of the head); its high energy on the object is saliency, not "
+    "the class's evidence",
     cost="1 forward (no backward)",
     requires=("a spatial map at the layer",),
     needs={"map"},
