@@ -134,11 +134,19 @@ def principal_projection(m: torch.Tensor) -> torch.Tensor:
     singular vector is arbitrary: it is chosen so that the projection correlates positively with
     the map's mean over channels.
     """
-    b, _, h, w = m.shape
+    b, c, h, w = m.shape
     rows = m.detach().flatten(2).transpose(1, 2).double()  # (B, hw, C)
     rows = torch.nan_to_num(rows - rows.mean(1, keepdim=True))
-    _, _, vh = torch.linalg.svd(rows, full_matrices=False)
-    proj = (rows @ vh[:, 0, :, None])[..., 0]  # (B, hw)
+    # Only the first component is needed: the top eigenvector of the smaller Gram matrix, not a
+    # whole SVD (on efficientnet_b0's 49 x 1280 map, a 49 x 49 eigh instead of an SVD that cost
+    # 10% of a forward). With rows = U S V^T: rows V_1 = S_1 U_1, the top eigenvector of
+    # rows rows^T (eigenvalue S_1^2); or rows times the top eigenvector of rows^T rows.
+    if h * w <= c:
+        vals, vecs = torch.linalg.eigh(rows @ rows.transpose(1, 2))  # (B, hw, hw), ascending
+        proj = vecs[..., -1] * vals[:, -1:].clamp_min(0).sqrt()  # (B, hw)
+    else:
+        _, vecs = torch.linalg.eigh(rows.transpose(1, 2) @ rows)  # (B, C, C)
+        proj = (rows @ vecs[..., -1:])[..., 0]  # (B, hw)
     mean = m.detach().double().mean(1).flatten(1)
     flip = (proj * (mean - mean.mean(1, keepdim=True))).sum(1) < 0
     proj = torch.where(flip[:, None], -proj, proj)

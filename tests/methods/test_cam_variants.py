@@ -155,3 +155,20 @@ def test_score_cam_max_channels_scores_the_largest_maps_only(monkeypatch):
     same = cnnviz.explain(model, x, ["score_cam"], params={"batch_size": 8, "max_channels": c})
     assert torch.equal(same["score_cam"].raw, full["score_cam"].raw)
     assert not any("max_channels" in n for n in same["score_cam"].notes)
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 3, 4), (2, 5, 6, 7)])  # positions <= channels, and >
+def test_principal_projection_is_the_first_svd_component_with_the_means_sign(shape):
+    from cnnviz.methods.cam_variants import principal_projection
+
+    gen = torch.Generator().manual_seed(0)
+    m = torch.randn(*shape, generator=gen) + torch.linspace(0, 3, shape[-1])  # a dominant direction
+    got = principal_projection(m)
+    rows = m.flatten(2).transpose(1, 2).double()
+    rows = rows - rows.mean(1, keepdim=True)
+    u, s, _ = torch.linalg.svd(rows, full_matrices=False)
+    want = u[..., 0] * s[:, :1]  # the projection on the first right singular vector
+    mean = m.double().mean(1).flatten(1)
+    sign = torch.where((want * (mean - mean.mean(1, keepdim=True))).sum(1) < 0, -1.0, 1.0)
+    want = (want * sign[:, None]).reshape(shape[0], *shape[2:]).float()
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
