@@ -33,6 +33,10 @@ class TooSlow(RuntimeError):
     """A request ran past its time budget; the message is meant for the visitor."""
 
 
+_STATE_SWITCHES = frozenset({torch._C._set_grad_enabled})
+"""PyTorch calls that restore a thread's state on the way out of a context manager."""
+
+
 class _Deadline(TorchFunctionMode):
     """Raise `TooSlow` at the first PyTorch call after `deadline` (a `time.monotonic` value)."""
 
@@ -42,7 +46,10 @@ class _Deadline(TorchFunctionMode):
         self.seconds = seconds
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if time.monotonic() > self.deadline:
+        # Grad-mode switches pass through this mode too (`torch.no_grad().__exit__` calls
+        # `torch._C._set_grad_enabled`): refusing one would leave autograd off in this thread for
+        # good. Only calls that do work are stopped.
+        if time.monotonic() > self.deadline and func not in _STATE_SWITCHES:
             raise TooSlow(
                 f"This request took longer than {self.seconds:g} s and was stopped. "
                 "Try a smaller model, fewer methods or fewer models."

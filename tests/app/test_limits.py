@@ -289,3 +289,20 @@ def test_cost_limits_come_from_the_environment():
     assert (s.max_batch_size, s.max_samples) == (4, 0)
     with pytest.raises(ValueError, match="CNNVIZ_MAX_SAMPLES"):
         core.AppSettings.from_env({"CNNVIZ_DEFAULT_MODEL": "x", "CNNVIZ_MAX_SAMPLES": "-3"})
+
+
+def test_a_stop_never_leaves_autograd_off():
+    # `torch.no_grad().__exit__` restores grad mode through a PyTorch call that the time budget
+    # sees; refusing it left autograd off in the thread for good (in CI, 32 later tests failed
+    # with "element 0 of tensors does not require grad").
+    assert torch.is_grad_enabled()
+    with pytest.raises(limits.TooSlow), limits.time_budget(0.05):
+        with torch.no_grad():
+            time.sleep(0.1)  # the deadline passes inside no_grad
+        torch.ones(2) + 1  # the next call that does work is stopped
+    assert torch.is_grad_enabled()
+    with pytest.raises(limits.TooSlow), limits.time_budget(0.05):
+        with torch.enable_grad(), torch.no_grad():
+            time.sleep(0.1)
+        torch.ones(2) + 1
+    assert torch.is_grad_enabled()
