@@ -257,6 +257,16 @@ def bounded_params(
     return out
 
 
+def request_params(
+    chosen: Sequence[str], values: Sequence[object], settings: AppSettings
+) -> dict[str, dict[str, object]]:
+    """A request's method parameters: the parameter inputs' `values` (none: every default), those
+    of the `chosen` methods only, within this deployment's limits (`bounded_params`)."""
+    params = param_values(values) if values else {}
+    params = {mid: v for mid, v in params.items() if mid in chosen}
+    return bounded_params(chosen, params, settings)
+
+
 def param_specs() -> list[tuple[str, cnnviz.methods.Param]]:
     """(method id, parameter) for every method parameter of the registry, in display order."""
     return [(m.id, p) for m in cnnviz.list_methods() for p in m.params]

@@ -248,9 +248,7 @@ class App:
         (absent: every parameter at its default)."""
         picture = core.prepare_image(image)
         chosen = [cnnviz.get_method(m).id for m in methods or []]
-        params = core.param_values(param_values) if param_values else {}
-        params = {mid: values for mid, values in params.items() if mid in chosen}
-        params = core.bounded_params(chosen, params, self.settings)
+        params = core.request_params(chosen, param_values, self.settings)
         model, lock = self.model(model_name, progress)
         if colormap not in render.COLORMAPS:
             raise ValueError(f"colormap {colormap!r} is not one of {', '.join(render.COLORMAPS)}")

@@ -53,9 +53,7 @@ class Judge:
         picture = core.prepare_image(image)
         chosen = evaluation.check_methods(methods, evaluation.MAX_EVALUATE_METHODS, "evaluate")
         count = evaluation.check_steps(steps)
-        params = core.param_values(param_values) if param_values else {}
-        params = {mid: values for mid, values in params.items() if mid in chosen}
-        params = core.bounded_params(chosen, params, self.settings)  # this server's limits, as /explain
+        params = core.request_params(chosen, param_values, self.settings)  # as /explain
         model, lock = self.app.model(model_name, progress)
         target_idx = core.parse_target(target, model.class_names)
         layer_name = core.parse_layer(layer, model.anatomy)
