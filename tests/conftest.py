@@ -3,8 +3,10 @@ models (packaged ImageNet weights, no Hub) built once per session."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 
 import pytest
 import timm
@@ -98,3 +100,18 @@ def trained(name: str = "tf_efficientnet_lite0.in1k"):
 def trained_lite0():
     """EfficientNet-Lite0 with its packaged ImageNet weights (cat and espresso recognised)."""
     return trained("tf_efficientnet_lite0.in1k")
+
+
+@contextlib.contextmanager
+def running_app(settings) -> Iterator[str]:
+    """The app built with `settings`, launched on a free local port; yields its URL (no trailing
+    slash) and closes the server afterwards."""
+    from cnnviz.app import ui
+    from scripts.chromium import free_port
+
+    demo = ui.build(settings)
+    ui.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield demo.local_url.rstrip("/")
+    finally:
+        demo.close()

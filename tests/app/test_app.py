@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import zipfile
 from concurrent.futures import wait
 from pathlib import Path
@@ -19,6 +18,8 @@ from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from conftest import running_app
 
 import cnnviz
 from cnnviz import render
@@ -32,22 +33,10 @@ EXAMPLE = core.EXAMPLES_DIR / "chelsea.jpg"
 SETTINGS = core.AppSettings(weights="random", allow_any_model=True, default_model="test_resnet")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def client():
-    from cnnviz.app import ui
-
-    demo = ui.build(SETTINGS)
-    ui.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        yield gradio_client.Client(demo.local_url, verbose=False, analytics_enabled=False)
-    finally:
-        demo.close()
+    with running_app(SETTINGS) as url:
+        yield gradio_client.Client(url, verbose=False, analytics_enabled=False)
 
 
 def explain(client, methods, target=core.TOP1, image=EXAMPLE, model="test_resnet"):

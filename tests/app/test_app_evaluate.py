@@ -15,14 +15,13 @@ import re
 
 import gradio as gr
 import pytest
-from conftest import assert_same_state, model_state
+from conftest import assert_same_state, model_state, running_app
 from PIL import Image
 from test_file_guard import (  # noqa: F401  (cache and outside are fixtures)
     META,
     attacks,
     cache,
     call,
-    free_port,
     outside,
     payloads,
     upload,
@@ -52,12 +51,8 @@ def noop(*args, **kwargs) -> None:
 
 @pytest.fixture(scope="module")
 def server():
-    demo = ui.build(SETTINGS)
-    ui.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        yield demo.local_url.rstrip("/")
-    finally:
-        demo.close()
+    with running_app(SETTINGS) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

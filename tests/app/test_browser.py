@@ -16,8 +16,10 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from conftest import running_app
+
 from cnnviz.app import settings as core
-from scripts.chromium import CHROMIUM_ARGS, free_port
+from scripts.chromium import CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.browser, pytest.mark.app]
 
@@ -43,14 +45,8 @@ def ensure_chromium() -> None:
 
 @pytest.fixture(scope="module")
 def app_url():
-    from cnnviz.app import ui
-
-    demo = ui.build(SETTINGS)
-    ui.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
+    with running_app(SETTINGS) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+from conftest import running_app
 from PIL import Image
 
 from cnnviz import render
@@ -29,22 +29,10 @@ META = {"_type": "gradio.FileData"}
 EXAMPLE = core.EXAMPLES_DIR / "chelsea.jpg"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    from cnnviz.app import ui
-
-    demo = ui.build(SETTINGS)
-    ui.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        yield demo.local_url.rstrip("/")
-    finally:
-        demo.close()
+    with running_app(SETTINGS) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
