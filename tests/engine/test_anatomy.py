@@ -9,6 +9,7 @@ from torch import nn
 
 import cnnviz
 from cnnviz.methods import method_ids
+from cnnviz.sweep.probe import sweep_params
 
 # name: (layout, head kind, CAM exact), one or more per family, as the support sweep measured them
 FAMILIES = {
@@ -66,7 +67,9 @@ def test_family_anatomy_and_every_method(name):
     if layout == "tokens":
         assert anatomy.grid is not None and anatomy.grid[0] * anatomy.grid[1] > 1
     x = input_for(model, batch=1)
-    ex = cnnviz.explain(model, x, method_ids(), strict=False)
+    # every code path of every method; the costly ones light, as the support sweep runs them
+    # (their defaults cost up to a forward per channel: their results are tested elsewhere)
+    ex = cnnviz.explain(model, x, method_ids(), strict=False, params=sweep_params(method_ids()))
     assert set(ex.refused) == (set() if exact else {"cam"})
     for method in ex.attributions:
         _check_attribution(name, anatomy, ex, method, x)
