@@ -140,8 +140,7 @@ def sanity(model, x, ex, limit: int):
             "spearman_abs": [float(v) for v in check.spearman_abs[m].nanmean(1)],
             "spearman_signed": [float(v) for v in check.spearman_signed[m].nanmean(1)],
         }
-        if check.ssim is not None:
-            rows[m]["ssim"] = [float(v) for v in check.ssim[m].nanmean(1)]
+        rows[m]["ssim"] = [float(v) for v in check.ssim[m].nanmean(1)]
     return {
         "images": int(sub_x.shape[0]),
         "steps": list(check.labels),

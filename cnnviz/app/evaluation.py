@@ -400,9 +400,8 @@ def sanity_record(check: ev.SanityCheck, model: Model, class_name: str, seconds:
         "seconds": round(seconds, 3),
         "spearman_abs": {m: values(check.spearman_abs[m]) for m in check.methods},
         "spearman_signed": {m: values(check.spearman_signed[m]) for m in check.methods},
+        "ssim": {m: values(check.ssim[m]) for m in check.methods},
     }
-    if check.ssim is not None:  # with scikit-image installed
-        record["ssim"] = {m: values(check.ssim[m]) for m in check.methods}
     if model.random_weights:
         record["warning"] = ev.RANDOM_WEIGHTS_NOTE
     return record

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..engine.anatomy import Inspection, adopt, inspection, refold
@@ -46,8 +48,7 @@ class SanityCheck:
         spearman_abs: method -> (S, B) Spearman rank correlation of the absolute maps
             (gradient images: the channel max of |grad|) between trained and randomized.
         spearman_signed: method -> (S, B) the same on the signed maps.
-        ssim: method -> (S, B) SSIM of the [0, 1]-normalized absolute maps at the input's size,
-            or None when scikit-image is not installed.
+        ssim: method -> (S, B) SSIM of the [0, 1]-normalized absolute maps at the input's size.
         targets: (B,) the classes explained (the trained model's, kept for every step).
         seconds: wall time of (copying, all steps).
         notes: facts to show with the numbers.
@@ -58,7 +59,7 @@ class SanityCheck:
     maps: dict[str, list[torch.Tensor]]
     spearman_abs: dict[str, torch.Tensor]
     spearman_signed: dict[str, torch.Tensor]
-    ssim: dict[str, torch.Tensor] | None
+    ssim: dict[str, torch.Tensor]
     targets: torch.Tensor
     seconds: tuple[float, float]
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -127,14 +128,30 @@ def randomize_(model: nn.Module, names: Sequence[str], generator: torch.Generato
     same job (the learned values are gone) while activations stay in range, so every method
     still has a defined map at every depth. Buffers (BatchNorm statistics) are kept.
     """
+    _apply_draws(model, _draw(model, names, generator))
+
+
+@torch.no_grad()
+def _draw(model: nn.Module, names: Sequence[str], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The new values of the named parameters (see `randomize_`), drawn without writing them:
+    the sanity check draws the next step's while the present step's explain runs."""
     params = dict(model.named_parameters())
+    drawn = {}
     for name in names:
         p = params[name]
         mean = float(p.mean()) if p.numel() else 0.0
         std = float(p.std()) if p.numel() > 1 else 0.0
         std = std if std > 0 else max(abs(mean), 1e-2)
         noise = torch.randn(p.shape, generator=generator, dtype=torch.float32)
-        p.copy_((noise * std + mean).to(p.dtype))
+        drawn[name] = noise.mul_(std).add_(mean).to(p.dtype)
+    return drawn
+
+
+@torch.no_grad()
+def _apply_draws(model: nn.Module, drawn: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for name, value in drawn.items():
+        params[name].copy_(value)
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -151,10 +168,14 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
     order = np.argsort(v, axis=-1)
     ranked = np.take_along_axis(v, order, axis=-1)
     out = np.empty(v.shape, dtype=np.float64)
+    d = v.shape[-1]
     for i in range(v.shape[0]):
-        starts = np.empty(v.shape[-1], dtype=bool)
+        starts = np.empty(d, dtype=bool)
         starts[0] = True
         np.not_equal(ranked[i, 1:], ranked[i, :-1], out=starts[1:])
+        if starts.all():  # no ties (most gradient images): the inverse permutation
+            out[i, order[i]] = np.arange(1, d + 1, dtype=np.float64)
+            continue
         group = np.cumsum(starts) - 1
         counts = np.bincount(group).astype(np.float64)
         avg = np.cumsum(counts) - (counts - 1) / 2  # 1-based average rank of each tie group
@@ -179,27 +200,52 @@ def ranked_correlation(ra: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, (ra * rb).sum(1) / den.clamp_min(1e-300), torch.nan).float()
 
 
-def _ssim_fn() -> Callable | None:
-    try:
-        from skimage.metrics import structural_similarity
-    except ImportError:
-        return None
-    return structural_similarity
+SSIM_WINDOW = 7
+"""Side of SSIM's square window (scikit-image's default for uniform windows)."""
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
-    """(N,) SSIM of (N, H, W) maps, each min-max normalized to [0, 1]; None without scikit-image."""
-    fn = _ssim_fn()
-    if fn is None:
-        return None
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N,) mean SSIM (Wang, Bovik, Sheikh & Simoncelli, "Image Quality Assessment: From Error
+    Visibility to Structural Similarity", IEEE TIP 2004) of (N, H, W) maps, each min-max
+    normalized to [0, 1].
+
+    The usual settings: a 7 x 7 uniform window, K1 = 0.01, K2 = 0.03, data range 1, unbiased
+    (sample) variances, the mean taken over the windows that lie wholly inside the map; scikit-
+    image's `structural_similarity(a, b, data_range=1)` with its defaults is the same measure
+    (tested equal to float32 precision). Batched in float64 with two box filters per statistic, and without
+    the GIL, so the sanity check scores one step while it explains the next. NaN for a map
+    smaller than the window.
+    """
+    if a.shape != b.shape or a.dim() != 3:
+        raise ValueError(
+            f"ssim needs two (N, H, W) batches of one shape; got {tuple(a.shape)}, {tuple(b.shape)}"
+        )
+    n, h, w = a.shape
+    if min(h, w) < SSIM_WINDOW:
+        return torch.full((n,), torch.nan)
 
     def norm(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().to(torch.float64).cpu()
         flat = t.flatten(1)
         lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
-        return ((t - lo) / (hi - lo).clamp_min(1e-30)).double().cpu()
+        return ((t - lo) / (hi - lo).clamp_min(1e-30))[:, None]
 
-    na, nb = norm(a), norm(b)
-    return torch.tensor([float(fn(na[i].numpy(), nb[i].numpy(), data_range=1.0)) for i in range(a.shape[0])])
+    x, y = norm(a), norm(b)
+    stats = _window_means(torch.cat([x, y, x * x, y * y, x * y], 1))
+    ux, uy, uxx, uyy, uxy = stats.unbind(1)
+    cov = SSIM_WINDOW**2 / (SSIM_WINDOW**2 - 1)  # sample, not population, (co)variances
+    vx, vy, vxy = cov * (uxx - ux * ux), cov * (uyy - uy * uy), cov * (uxy - ux * uy)
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean((1, 2)).float()
+
+
+def _window_means(t: torch.Tensor) -> torch.Tensor:
+    """Means of (N, C, H, W) over every SSIM_WINDOW-square window inside the map: one box filter
+    along each axis (a third of the cost of a 2-D average pool)."""
+    c, k = t.shape[1], SSIM_WINDOW
+    row = torch.full((c, 1, 1, k), 1.0 / k, dtype=t.dtype)
+    return F.conv2d(F.conv2d(t, row, groups=c), row.transpose(-1, -2), groups=c)
 
 
 def _absolute(raw: torch.Tensor) -> torch.Tensor:
@@ -228,9 +274,13 @@ class Reference:
         )
 
 
+def _compare_job(reference: Future, other: torch.Tensor, hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+    return compare(reference.result(), other, hw)
+
+
 def compare(
     trained: torch.Tensor | Reference, other: torch.Tensor, hw: tuple[int, int]
-) -> dict[str, torch.Tensor | None]:
+) -> dict[str, torch.Tensor]:
     """Spearman (absolute, signed) and SSIM between two batches of raw maps of one method;
     `trained` may be given as its `Reference`, computed once for every step."""
     ref = trained if isinstance(trained, Reference) else Reference.of(trained, hw)
@@ -301,6 +351,8 @@ def model_randomization(
 
     Cost: one deep copy of the model, then one `explain` of all methods per step; the copy's
     anatomy is not probed again (its structure is the model's), only its CAM head fold is redone.
+    The scoring of each step and the drawing of the next step's weights run on two worker
+    threads beside the explain calls.
     """
     module = getattr(model, "module", model)
     if not isinstance(module, nn.Module):
@@ -332,25 +384,51 @@ def model_randomization(
             f"({', '.join(s.label for s in cascade_steps)}); got {steps!r}"
         )
     cascade_steps = cascade_steps[:steps]
+    generator = torch.Generator().manual_seed(seed)
+    # A pipeline: while this thread copies the model and explains step i, two workers draw step
+    # i + 1's weights and score step i - 1 against the trained maps (torch and numpy's sort
+    # release the GIL), so on two cores the check costs little more than its explain calls. The
+    # draws stay in order on the one generator: the result is that of one step after the other.
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cnnviz-sanity")
+    try:
+        return _cascade(module, x, chosen, explanation, cascade_steps, generator, pool, progress)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _cascade(
+    module: nn.Module,
+    x: torch.Tensor,
+    chosen: tuple[str, ...],
+    explanation: Explanation,
+    cascade_steps: tuple[Step, ...],
+    generator: torch.Generator,
+    pool: ThreadPoolExecutor,
+    progress: Progress | None,
+) -> SanityCheck:
     hw = (int(x.shape[-2]), int(x.shape[-1]))
+    # the first step's values are drawn from the model itself (the copy's are the same) meanwhile
+    draw = pool.submit(_draw, module, cascade_steps[0].params, generator)
     t0 = time.perf_counter()
     clone = private_copy(module)
     t_copy = time.perf_counter() - t0
-    generator = torch.Generator().manual_seed(seed)
     known = inspection(module)  # cached: the trained model's own
     maps = {m: [explanation[m].raw] for m in chosen}
     scores: dict[str, dict[str, list]] = {
         m: {"spearman_abs": [], "spearman_signed": [], "ssim": []} for m in chosen
     }
-    references = {m: Reference.of(maps[m][0], hw) for m in chosen}
     # The copy's structure is the trained model's: only the CAM head fold depends on the weights.
     # CAM is the one method that reads it; without CAM the copy keeps the trained inspection
     # (its stale fold is never read), with CAM the fold is recomputed from the head each step
     # (a few head evaluations, not a probe pass).
     reads_fold = not FOLD_READERS.isdisjoint(chosen)
     t1 = time.perf_counter()
-    for i, step in enumerate(cascade_steps):
-        randomize_(clone, step.params, generator)
+    references = {m: pool.submit(Reference.of, maps[m][0], hw) for m in chosen}
+    scored: list[dict[str, Future]] = []
+    for i in range(len(cascade_steps)):
+        _apply_draws(clone, draw.result())
+        if i + 1 < len(cascade_steps):
+            draw = pool.submit(_draw, clone, cascade_steps[i + 1].params, generator)
         if not reads_fold:
             adopt(clone, Inspection(anatomy=known.anatomy, fold=None))
         else:
@@ -360,20 +438,20 @@ def model_randomization(
         ex = explain(clone, x, chosen, target=explanation.targets, layer=explanation.layer)
         for m in chosen:
             maps[m].append(ex[m].raw)
-            for key, value in compare(references[m], ex[m].raw, hw).items():
-                scores[m][key].append(value)
+        scored.append({m: pool.submit(_compare_job, references[m], ex[m].raw, hw) for m in chosen})
         if progress is not None:
             progress(i + 1, len(cascade_steps))
+    for step_scores in scored:
+        for m in chosen:
+            for key, value in step_scores[m].result().items():
+                scores[m][key].append(value)
     t_steps = time.perf_counter() - t1
     del clone
-    has_ssim = all(v is not None for m in chosen for v in scores[m]["ssim"])
     notes = [
         "each step redraws the parameters of one more block, from the classifier down "
         "(Gaussian with each tensor's trained mean and std; BatchNorm statistics kept)",
         "low correlation = the map depends on the learned weights (the check is passed)",
     ]
-    if not has_ssim:
-        notes.append("SSIM not computed: scikit-image is not installed")
     if any(torch.isnan(t).any() for m in chosen for t in scores[m]["spearman_abs"]):
         notes.append("NaN: a map was constant (no rank order), e.g. Grad-CAM all zero after its ReLU")
     return SanityCheck(
@@ -382,7 +460,7 @@ def model_randomization(
         maps=maps,
         spearman_abs={m: torch.stack(scores[m]["spearman_abs"]) for m in chosen},
         spearman_signed={m: torch.stack(scores[m]["spearman_signed"]) for m in chosen},
-        ssim={m: torch.stack(scores[m]["ssim"]) for m in chosen} if has_ssim else None,
+        ssim={m: torch.stack(scores[m]["ssim"]) for m in chosen},
         targets=explanation.targets,
         seconds=(t_copy, t_steps),
         notes=tuple(notes),

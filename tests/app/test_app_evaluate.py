@@ -175,7 +175,7 @@ def test_sanity_endpoint_on_random_weights_says_so_everywhere(client):
     assert correlations["random_weights"] is True and correlations["warning"] == ev.RANDOM_WEIGHTS_NOTE
     for method in ("grad_cam", "guided_backprop"):
         assert len(correlations["spearman_abs"][method]) == len(steps)
-        assert len(correlations["ssim"][method]) == len(steps)  # scikit-image is a test dependency
+        assert len(correlations["ssim"][method]) == len(steps)
     _, _, fewer, short = sanity(client, ["guided_backprop"], steps=2)
     assert short["steps"] == [s.label for s in steps[:2]] and f"2 of its {len(steps)} steps" in fewer
 
@@ -369,13 +369,13 @@ def test_a_constant_map_reads_as_not_available_not_as_a_number():
         maps={"grad_cam": [torch.rand(1, 4, 4), torch.zeros(1, 4, 4)]},
         spearman_abs={"grad_cam": torch.tensor([[float("nan")]])},
         spearman_signed={"grad_cam": torch.tensor([[float("nan")]])},
-        ssim=None,
+        ssim={"grad_cam": torch.tensor([[0.5]])},
         targets=torch.tensor([3]),
         seconds=(0.0, 0.0),
     )
     model = zoo.load_model("test_resnet", weights="random")
     record = evaluation.sanity_record(check, model, "x", 0.1)
-    assert record["spearman_abs"] == {"grad_cam": [None]} and "ssim" not in record
+    assert record["spearman_abs"] == {"grad_cam": [None]} and record["ssim"] == {"grad_cam": [0.5]}
     text = evaluation.sanity_text(check, model, "x", 1, 0.1)
     assert "ρ = n/a once the classifier is randomized" in text and "constant" in text
     assert "| Grad-CAM (RANDOM WEIGHTS) | n/a |" in text

@@ -72,16 +72,37 @@ def test_randomizing_the_classifier_changes_cam_and_the_correlations_are_of_the_
     assert check.spearman_signed["cam"][0, 0].abs() < 0.9
 
 
-def test_ssim_when_scikit_image_is_there():
-    pytest.importorskip("skimage")
+def test_ssim_equals_scikit_images_and_needs_no_library():
+    """SSIM is computed in torch (batched, off the GIL); scikit-image's is the reference."""
+    skm = pytest.importorskip("skimage.metrics")
+    gen = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(3, 1, 70, 61, generator=gen), 9, 1, 4)[:, 0]
+    a = torch.cat([torch.rand(2, 70, 61, generator=gen), smooth, torch.zeros(1, 70, 61)])
+    b = torch.cat([a[:2] * 0.7 + 0.3 * torch.rand(2, 70, 61, generator=gen), smooth.flip(-1), smooth[:1]])
+    ours = sanity.ssim(a, b)
+    assert ours.shape == (6,)
+
+    def unit(t):
+        t = t.double().numpy()
+        return (t - t.min()) / max(t.max() - t.min(), 1e-30)
+
+    for i in range(6):
+        ref = skm.structural_similarity(unit(a[i]), unit(b[i]), data_range=1.0)
+        assert ours[i].item() == pytest.approx(ref, abs=1e-6), i
+    assert sanity.ssim(a[2:3], a[2:3] * 3 + 1).item() == pytest.approx(1.0)  # scale-free: [0, 1] first
+    assert torch.isnan(sanity.ssim(torch.rand(1, 6, 40), torch.rand(1, 6, 40))).all()  # below the window
+
+
+def test_the_sanity_check_has_ssim_without_scikit_image(monkeypatch):
+    """scikit-image is a test dependency, not a runtime one: the app's SSIM must not need it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "skimage", None)  # `import skimage...` now raises ImportError
+    monkeypatch.setitem(sys.modules, "skimage.metrics", None)
     model = make_model("resnet18", num_classes=10)
-    x = torch.randn(1, 3, 64, 64)
-    check = ev.model_randomization(model, x, ["vanilla_gradient"], steps=1)
-    assert check.ssim is not None and check.ssim["vanilla_gradient"].shape == (1, 1)
-    same = sanity.ssim(
-        check.maps["vanilla_gradient"][0].abs().amax(1), check.maps["vanilla_gradient"][0].abs().amax(1)
-    )
-    assert same.item() == pytest.approx(1.0)
+    check = ev.model_randomization(model, torch.randn(1, 3, 64, 64), ["vanilla_gradient"], steps=1)
+    assert check.ssim["vanilla_gradient"].shape == (1, 1)
+    assert -1 <= check.ssim["vanilla_gradient"].item() < 1
 
 
 def test_bad_sanity_input():
@@ -116,18 +137,25 @@ def test_refold_equals_a_fresh_inspection_after_randomization():
 
 
 def test_randomized_maps_equal_explaining_an_independently_randomized_copy():
+    """The check draws each step's weights and scores each step on worker threads while it explains:
+    every map and every score must equal doing the same one step after the other."""
     import copy
 
     model = make_model("resnet18", num_classes=10)
-    x = torch.randn(1, 3, 64, 64)
-    check = ev.model_randomization(model, x, ["cam", "grad_cam"], steps=2, seed=5)
+    x = torch.randn(2, 3, 64, 64)
+    methods = ["cam", "grad_cam", "vanilla_gradient"]
+    check = ev.model_randomization(model, x, methods, steps=3, seed=5)
     clone = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(5)
-    for step in ev.cascade(clone)[:2]:
+    for i, step in enumerate(ev.cascade(clone)[:3]):
         sanity.randomize_(clone, step.params, gen)
-    ex = cnnviz.explain(clone, x, ["cam", "grad_cam"], target=check.targets)
-    assert torch.allclose(check.maps["cam"][2], ex["cam"].raw, atol=1e-5)
-    assert torch.allclose(check.maps["grad_cam"][2], ex["grad_cam"].raw, atol=1e-5)
+        ex = cnnviz.explain(clone, x, methods, target=check.targets)
+        for m in methods:
+            assert torch.allclose(check.maps[m][i + 1], ex[m].raw, atol=1e-5), (i, m)
+            expect = sanity.compare(check.maps[m][0], check.maps[m][i + 1], (64, 64))
+            assert torch.equal(check.spearman_abs[m][i], expect["spearman_abs"]), (i, m)
+            assert torch.equal(check.spearman_signed[m][i], expect["spearman_signed"]), (i, m)
+            assert torch.equal(check.ssim[m][i], expect["ssim"]), (i, m)
 
 
 def test_the_copy_leaves_the_users_hooks_behind():
