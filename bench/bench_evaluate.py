@@ -85,8 +85,18 @@ def main(argv: list[str] | None = None) -> int:
 
         def ours_same_work():  # torchcam's update also computes its CAM: so do we
             e = cnnviz.explain(model, x, ["grad_cam"])
+            # like torchcam, take the unperturbed score from the explained forward (as
+            # cnnviz.evaluate.score does), not from one more forward
+            original = e.logits.float().softmax(-1).gather(1, e.targets[:, None])[:, 0]
             ev.deletion_insertion(
-                model, x, e["grad_cam"].raw, e.targets, steps=20, batch_size=64, insertion_start="zero"
+                model,
+                x,
+                e["grad_cam"].raw,
+                e.targets,
+                steps=20,
+                batch_size=64,
+                insertion_start="zero",
+                original=original,
             )
 
         cases["torchcam DeletionInsertionMetric (incl. its CAM)"] = torchcam_run
