@@ -15,7 +15,7 @@ loading, Ray Data's start and its actors included; ``ray.init`` itself is timed 
 ``marginal`` is N / (t(2N) - t(N)), the throughput once the fixed costs are paid, which is what a
 data-set job sees. Ray's overhead is 1 - ray / local on each measure.
 
-    .venv/bin/python bench/bench_batch.py                      # resnet18, 24 and 48 images, 2 rounds
+    .venv/bin/python bench/bench_batch.py                      # resnet18, 96 and 192 images, 2 rounds
     .venv/bin/python bench/bench_batch.py --costs resnet50,convnext_tiny,efficientnet_b0
 """
 
@@ -165,7 +165,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--n", type=int, default=24, help="images in the small run (the large has 2n)")
+    parser.add_argument("--n", type=int, default=96, help="images in the small run (the large has 2n)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--costs", default="", help="comma-separated models: per-image cost in local mode")
     parser.add_argument("--cost-images", type=int, default=16)
