@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import gradio as gr
 from PIL import Image
 
 import cnnviz
 from cnnviz import render
-from cnnviz.app import guard, limits, models, results
+from cnnviz.app import guard, models, results, ui_evaluate
 from cnnviz.app import settings as core
+from cnnviz.app.widgets import (
+    MODEL_EVENTS,
+    PROGRESS,
+    image_input,
+    model_dropdown,
+    user_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,33 +53,6 @@ CSS = """
 .cnnviz-warn {background: #fef3c7; color: #92400e;}
 """
 PREDICTIONS = "Top-5 predictions"
-IMAGE_SOURCES: list[Literal["upload", "webcam", "clipboard"]] = ["upload", "clipboard", "webcam"]
-UPLOAD_ONLY = "An image uploaded to this server (gradio_client's handle_file uploads a local file)."
-PROGRESS = gr.Progress()  # Gradio swaps in a tracker per event; a shared default is safe
-MODEL_EVENTS = "cnnviz-models"  # one concurrency group for every event that runs a model
-
-
-def image_input(gate: guard.FileGate, **kwargs: Any) -> gr.Image:
-    """`gr.Image` whose payload is checked by `gate` and decoded by `cnnviz.app.guard.read_image`.
-
-    Gradio's own preprocessing would open any path that a reference without ``meta`` names, and
-    convert 16-bit pictures by clipping them; here it is replaced on the instance (a subclass would
-    make Gradio's component metaclass write a ``.pyi`` stub next to this module).
-    """
-    component = gr.Image(type="pil", sources=IMAGE_SOURCES, **kwargs)
-
-    def checked(payload: Any) -> Image.Image | None:
-        if payload is None:
-            return None
-        try:
-            return guard.read_image(gate.resolve(payload))
-        except guard.Refused as err:
-            raise gr.Error(str(err), title="Image refused") from None
-
-    component.preprocess = functools.update_wrapper(checked, component.preprocess)  # type: ignore[method-assign]
-    schema = {**component.api_info(), "description": UPLOAD_ONLY}
-    component.api_info = functools.partial(dict, schema)  # type: ignore[method-assign]
-    return component
 
 
 def field_of(component: Any) -> guard.Field | None:
@@ -145,44 +124,6 @@ def describe_free_text(demo: gr.Blocks) -> None:
             text = {"type": "string"}
             schema = {"type": "array", "items": text} if block.multiselect else text
             block.api_info = functools.partial(dict, schema)  # type: ignore[method-assign]
-
-
-def user_errors(fn: Callable) -> Callable:
-    """Run a handler within the deployment's limits and turn every failure into a plain sentence.
-
-    `ValueError`s (the library's messages, meant for people) are shown with server paths and
-    memory addresses taken out (`guard.plain`); anything unexpected is logged in full and shown as
-    one sentence (`guard.FAILED` or `guard.OUT_OF_MEMORY`). When `fn` is a method of `App`, the
-    request runs under the app's time budget (`limits.time_budget`) and, if it fails, the models
-    it loaded leave the cache again and its traceback's frames are cleared, so that no half-used
-    model outlives the failure.
-    """
-    owner = getattr(fn, "__self__", None)
-    pool = getattr(owner, "pool", None)
-    seconds = getattr(getattr(owner, "settings", None), "time_limit_s", None)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if pool is not None:
-            pool.begin()
-        try:
-            with limits.time_budget(seconds):
-                return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as err:
-            if isinstance(err, ValueError | limits.TooSlow):
-                log.info("cnnviz app: %s refused: %s", fn.__name__, err)
-                message = guard.plain(str(err))
-            else:
-                log.exception("cnnviz app: %s failed", fn.__name__)
-                message = guard.failure_message(err)
-            if pool is not None:
-                pool.forget_new()
-            limits.release(err)
-            raise gr.Error(message) from None
-
-    return wrapper
 
 
 class App:
@@ -335,21 +276,6 @@ class App:
         return self.archives.save_png(grid, "cnnviz-compare"), table, str(archive)
 
 
-def _model_dropdown(app: App, label: str, multiselect: bool = False, value: Any = None) -> gr.Dropdown:
-    any_ok = app.settings.allow_any_model
-    info = "Curated models by family" + ("; or type any timm model name" if any_ok else "")
-    return gr.Dropdown(
-        core.model_choices(),
-        value=value,
-        label=label,
-        info=info,
-        multiselect=multiselect,
-        max_choices=app.settings.max_compare if multiselect else None,
-        allow_custom_value=any_ok,
-        filterable=True,
-    )
-
-
 def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
     methods = cnnviz.list_methods()
     with gr.Row(equal_height=False):
@@ -358,7 +284,7 @@ def _explain_tab(app: App, banner: gr.Markdown, demo: gr.Blocks) -> None:
             examples = gr.Examples(
                 core.example_paths(), inputs=[image], cache_examples=False, label="Examples"
             )
-            model = _model_dropdown(app, "Model", value=app.settings.default_model)
+            model = model_dropdown(app.settings, "Model", value=app.settings.default_model)
             method_box = gr.CheckboxGroup(
                 [(m.label, m.id) for m in methods],
                 value=core.default_methods([m.id for m in methods]),
@@ -494,7 +420,9 @@ def _compare_tab(app: App, banner: gr.Markdown) -> None:
         with gr.Column(scale=2, min_width=320):
             image = image_input(app.gate, label="Image", height=260, elem_id="cnnviz-compare-image")
             gr.Examples(core.example_paths(), inputs=[image], cache_examples=False, label="Examples")
-            models = _model_dropdown(app, f"Models (up to {app.settings.max_compare})", True, default_models)
+            models = model_dropdown(
+                app.settings, f"Models (up to {app.settings.max_compare})", True, default_models
+            )
             methods = gr.CheckboxGroup(
                 [(m.label, m.id) for m in cnnviz.list_methods()],
                 value=core.default_methods([m.id for m in cnnviz.list_methods()]),
@@ -597,6 +525,3 @@ def theme() -> gr.themes.Base:
         font=("ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "DejaVu Sans", "sans-serif"),
         font_mono=("ui-monospace", "SFMono-Regular", "Menlo", "DejaVu Sans Mono", "monospace"),
     )
-
-
-from cnnviz.app import ui_evaluate  # noqa: E402  (the Evaluate action and Sanity tab; it imports this module)

@@ -5,19 +5,22 @@ own. The sanity check gets its own tab rather than a section of Explain: it has 
 most `MAX_SANITY_METHODS` methods, one `explain` per randomization step, seconds to tens of seconds),
 its own reading (one row of maps per method, one column per step, too wide for Explain's output
 column) and always uses the model's default layer. The computing lives in
-`cnnviz.app.evaluation`; the handlers run under the app's limits through `ui.user_errors`.
+`cnnviz.app.evaluation`; the handlers run under the app's limits through `widgets.user_errors`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from PIL import Image
 
 import cnnviz
-from cnnviz.app import evaluation, ui
+from cnnviz.app import evaluation, widgets
 from cnnviz.app import settings as core
+
+if TYPE_CHECKING:
+    from cnnviz.app.ui import App
 
 EVALUATE_INTRO = (
     "Judge the maps shown above: how fast the class probability falls when the pixels each map ranks "
@@ -25,14 +28,13 @@ EVALUATE_INTRO = (
     "(**insertion**), and, for the CAM family, **Average Drop / Increase in Confidence**. Costs about "
     "2 × steps forwards per method; it is not run with a plain Explain."
 )
-PROGRESS = gr.Progress()  # as `ui.PROGRESS`: Gradio swaps in a tracker per event
 
 
 class Judge:
-    """The handlers; `pool` and `settings` let `ui.user_errors` apply the app's time budget and
+    """The handlers; `pool` and `settings` let `widgets.user_errors` apply the app's time budget and
     clean-up after a failure, as for the Explain and Compare handlers."""
 
-    def __init__(self, app: ui.App):
+    def __init__(self, app: App):
         self.app = app
         self.pool = app.pool
         self.settings = app.settings
@@ -46,7 +48,7 @@ class Judge:
         layer: str,
         steps: float,
         *param_values: Any,
-        progress=PROGRESS,
+        progress=widgets.PROGRESS,
     ):
         """Deletion/insertion curves, and a table of every metric with its direction, for the maps
         that Explain shows with these inputs (same methods, target, layer and parameters)."""
@@ -84,7 +86,7 @@ class Judge:
         methods: list[str],
         target: str,
         steps: float,
-        progress=PROGRESS,
+        progress=widgets.PROGRESS,
     ):
         """Cascading model randomization on a copy of the model: the maps after each step, the
         rank-correlation curves, and what they mean."""
@@ -136,7 +138,7 @@ class EvaluatePanel:
             with gr.Accordion("Scores as JSON", open=False):
                 self.scores = gr.JSON(label="Scores", elem_id="cnnviz-eval-scores")
 
-    def wire(self, app: ui.App, explain_inputs: list, explain_outputs: list) -> None:
+    def wire(self, app: App, explain_inputs: list, explain_outputs: list) -> None:
         """Evaluate clears the old result, explains (so that the maps judged are the maps shown),
         then judges them; `/evaluate` alone is the named endpoint."""
         judge = Judge(app)
@@ -156,29 +158,29 @@ class EvaluatePanel:
         self.button.click(
             lambda: (None, "", None), None, outputs, api_visibility="private", queue=False
         ).then(
-            ui.user_errors(app.explain),
+            widgets.user_errors(app.explain),
             explain_inputs,
             explain_outputs,
             api_visibility="undocumented",
-            concurrency_id=ui.MODEL_EVENTS,
+            concurrency_id=widgets.MODEL_EVENTS,
         ).success(
-            ui.user_errors(judge.evaluate),
+            widgets.user_errors(judge.evaluate),
             [image, model, methods, target, layer, self.steps, *params],
             outputs,
             api_name="evaluate",
-            concurrency_id=ui.MODEL_EVENTS,
+            concurrency_id=widgets.MODEL_EVENTS,
             show_progress_on=[self.curves],
         )
 
 
-def sanity_tab(app: ui.App) -> None:
+def sanity_tab(app: App) -> None:
     """Image, model, up to `MAX_SANITY_METHODS` methods, steps; the strip, the curves, the reading."""
     methods = cnnviz.list_methods()
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):
-            image = ui.image_input(app.gate, label="Image", height=260, elem_id="cnnviz-sanity-image")
+            image = widgets.image_input(app.gate, label="Image", height=260, elem_id="cnnviz-sanity-image")
             gr.Examples(core.example_paths(), inputs=[image], cache_examples=False, label="Examples")
-            model = ui._model_dropdown(app, "Model", value=app.settings.default_model)
+            model = widgets.model_dropdown(app.settings, "Model", value=app.settings.default_model)
             chosen = gr.CheckboxGroup(
                 [(m.label, m.id) for m in methods],
                 value=[m for m in evaluation.SANITY_DEFAULTS if m in {x.id for x in methods}],
@@ -224,11 +226,11 @@ def sanity_tab(app: ui.App) -> None:
                 correlations = gr.JSON(label="Correlations")
     judge = Judge(app)
     model.change(
-        ui.user_errors(judge.on_model),
+        widgets.user_errors(judge.on_model),
         [model, chosen],
         [chosen],
         api_visibility="undocumented",
-        concurrency_id=ui.MODEL_EVENTS,
+        concurrency_id=widgets.MODEL_EVENTS,
         show_progress="hidden",
     )
     outputs = [strip, curves, text, correlations]
@@ -243,10 +245,10 @@ def sanity_tab(app: ui.App) -> None:
         show_progress="hidden",
     )
     run.click(lambda: blank, None, outputs, api_visibility="private", queue=False).then(
-        ui.user_errors(judge.sanity),
+        widgets.user_errors(judge.sanity),
         [image, model, chosen, target, steps],
         outputs,
         api_name="sanity",
-        concurrency_id=ui.MODEL_EVENTS,
+        concurrency_id=widgets.MODEL_EVENTS,
         show_progress_on=[strip],
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cnnviz.app import models, results, ui
+from cnnviz.app import models, results, ui, widgets
 from cnnviz.app import settings as core
 
 SETTINGS = core.AppSettings(weights="random", allow_any_model=True, default_model="test_resnet")
@@ -23,7 +23,7 @@ def test_every_api_input_and_output_is_named_and_typed():
         labels = [r["label"] for r in info[name]["returns"]] + [p["label"] for p in info[name]["parameters"]]
         assert all(label and not label.startswith("value_") for label in labels), (name, labels)
         image = info[name]["parameters"][0]
-        assert image["type"]["description"] == ui.UPLOAD_ONLY
+        assert image["type"]["description"] == widgets.UPLOAD_ONLY
     types = {p["parameter_name"]: p["python_type"]["type"] for p in info["/explain"]["parameters"]}
     assert types["model_name"] == types["target"] == types["layer"] == "str"  # typed text, not one literal
     assert types["alpha"] == "float" and types["methods"].startswith("list[Literal['cam'")

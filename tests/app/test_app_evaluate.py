@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import cnnviz
 import cnnviz.evaluate as ev
 from cnnviz import zoo
-from cnnviz.app import evaluation, guard, ui, ui_evaluate
+from cnnviz.app import evaluation, guard, ui, ui_evaluate, widgets
 from cnnviz.app import settings as core
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -102,7 +102,7 @@ def test_evaluate_and_sanity_are_named_typed_endpoints():
     for name in ("/evaluate", "/sanity"):
         labels = [r["label"] for r in info[name]["returns"]] + [p["label"] for p in info[name]["parameters"]]
         assert all(label and not label.startswith("value_") for label in labels), (name, labels)
-        assert info[name]["parameters"][0]["type"]["description"] == ui.UPLOAD_ONLY
+        assert info[name]["parameters"][0]["type"]["description"] == widgets.UPLOAD_ONLY
         types = {p["parameter_name"]: p["python_type"]["type"] for p in info[name]["parameters"]}
         assert types["model_name"] == types["target"] == "str"
         assert types["methods"].startswith("list[Literal['cam'") and types["steps"] == "float"

@@ -111,3 +111,54 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     _, mine = layer_of("cnnviz.engine.probe")
     targets = [layer_of(t) for _, t in imports_of(bad, "cnnviz.engine.probe")]
     assert targets == [("cnnviz.zoo", 3)] and targets[0][1] > mine
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """The cnnviz modules a file imports when it is itself imported: its top-level imports (also
+    inside a top-level ``try``), not those under ``if TYPE_CHECKING:`` nor those inside functions."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    lines: set[int] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                lines.add(node.lineno)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+                visit(node.body)
+                visit(node.orelse)
+
+    visit(tree.body)
+    return {target for line, target in imports_of(path) if line in lines}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle of the import graph, each found once from its smallest module."""
+    cycles = []
+
+    def walk(start: str, node: str, trail: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == start:
+                cycles.append([*trail, start])
+            elif nxt > start and nxt not in trail:
+                walk(start, nxt, [*trail, nxt])
+
+    for start in sorted(graph):
+        walk(start, start, [start])
+    return cycles
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    """A cycle makes the order of imports matter (a module half-initialized when the other reads
+    it) and two modules that can only be understood together; the app's page and its Evaluate tab
+    had one, now cut by `cnnviz.app.widgets`. A package's ``__init__`` importing its submodules is
+    not a cycle unless a submodule imports the package back."""
+    graph = {module_name(p): runtime_imports(p) - {module_name(p)} for p in SOURCES}
+    cycles = import_cycles(graph)
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_cycles(graph) == [["a", "b", "c", "a"]]
