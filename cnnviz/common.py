@@ -4,13 +4,15 @@
 * `first_line`: an exception as one short line (type and first line of its message).
 * `env_flag`: an on/off environment variable, with the one set of words both ways.
 * `name_seed`: the seed a model name gives, so that "random weights" are the same every time.
+* `Registry`: the one list of the things of a kind (methods, metrics) and how a name finds one.
 """
 
 from __future__ import annotations
 
 import difflib
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Generic, TypeVar
 
 
 class ArgumentError(ValueError):
@@ -62,3 +64,72 @@ def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 def name_seed(name: str) -> int:
     """The random seed of a model name (CRC32 of its UTF-8 bytes): same name, same weights."""
     return zlib.crc32(name.encode("utf-8"))
+
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """The registered things of one kind (`kind`: "method", "metric"), by id, in registration order.
+
+    The only list of them: front ends and documentation read it. An unknown id raises a
+    ValueError that names the known ones and the close matches (the id quoted, cut to 80
+    characters: it may come from a web request).
+    """
+
+    def __init__(self, kind: str, item_type: type[T]):
+        self.kind = kind
+        self._type = item_type
+        self._items: dict[str, T] = {}
+
+    def add(self, item_id: str, item: T) -> T:
+        """Register `item` as `item_id`; an id registered twice raises."""
+        if item_id in self._items:
+            raise ValueError(f"{self.kind} id {item_id!r} is registered twice")
+        self._items[item_id] = item
+        return item
+
+    def remove(self, item_id: str) -> None:
+        """Take `item_id` out again, if it is there (tests that register a probe)."""
+        self._items.pop(item_id, None)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(tuple(self._items.values()))
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._items
+
+    def items(self) -> tuple[T, ...]:
+        return tuple(self._items.values())
+
+    def ids(self) -> tuple[str, ...]:
+        return tuple(self._items)
+
+    def get(self, item_id: str) -> T:
+        """The item registered as `item_id`; an unknown id raises with the close matches."""
+        try:
+            return self._items[item_id]
+        except (KeyError, TypeError):
+            close = close_matches(item_id, self._items, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(
+                f"unknown {self.kind} {str(item_id)[:80]!r}; known {self.kind}s: "
+                f"{', '.join(self._items)}.{hint}"
+            ) from None
+
+    def resolve(self, arg: str | T | Sequence[str | T]) -> tuple[T, ...]:
+        """Normalize an argument: an id, a comma-separated string of ids, an item or a list of
+        either; duplicates are dropped, the order kept; an empty selection raises."""
+        if isinstance(arg, self._type):
+            return (arg,)
+        given: Sequence[object] = (
+            [a.strip() for a in arg.split(",") if a.strip()] if isinstance(arg, str) else arg  # type: ignore[assignment]
+        )
+        out: list[T] = []
+        for a in given:
+            item = a if isinstance(a, self._type) else self.get(str(a) if not isinstance(a, str) else a)
+            if item not in out:
+                out.append(item)
+        if not out:
+            raise ValueError(f"no {self.kind} given; known {self.kind}s: {', '.join(self._items)}")
+        return tuple(out)

@@ -6,10 +6,11 @@ app's lists, the README table and the test parametrization all read it.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from ..common import Registry
 
 Direction = Literal["higher", "lower"]
 Kind = Literal["faithfulness", "localization", "sanity"]
@@ -63,51 +64,30 @@ class Metric:
         )
 
 
-_REGISTRY: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry("metric", Metric)
 
 
 def register_metric(metric: Metric) -> Metric:
     """Add a metric; a duplicate id raises."""
-    if metric.id in _REGISTRY:
-        raise ValueError(f"metric id {metric.id!r} is registered twice")
     if metric.direction not in ("higher", "lower"):
         raise ValueError(f"metric {metric.id!r}: direction must be 'higher' or 'lower'")
-    _REGISTRY[metric.id] = metric
-    return metric
+    return METRICS.add(metric.id, metric)
 
 
 def list_metrics() -> tuple[Metric, ...]:
     """All registered metrics, in registration order."""
-    return tuple(_REGISTRY.values())
+    return METRICS.items()
 
 
 def metric_ids() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return METRICS.ids()
 
 
 def get_metric(metric_id: str) -> Metric:
     """The metric registered as `metric_id`; an unknown id raises with close matches."""
-    try:
-        return _REGISTRY[metric_id]
-    except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(metric_id), list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
-            f"unknown metric {metric_id!r}; known metrics: {', '.join(_REGISTRY)}.{hint}"
-        ) from None
+    return METRICS.get(metric_id)
 
 
 def resolve_metrics(metrics: str | Metric | Sequence[str | Metric]) -> tuple[Metric, ...]:
     """Normalize a metrics argument: an id, a comma-separated string, a Metric or a list."""
-    if isinstance(metrics, Metric):
-        return (metrics,)
-    if isinstance(metrics, str):
-        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-    out: list[Metric] = []
-    for m in metrics:
-        metric = m if isinstance(m, Metric) else get_metric(m)
-        if metric not in out:
-            out.append(metric)
-    if not out:
-        raise ValueError(f"no metric given; known metrics: {', '.join(_REGISTRY)}")
-    return tuple(out)
+    return METRICS.resolve(metrics)

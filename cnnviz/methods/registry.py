@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..common import Registry
 from ..engine.passes import Needs
 from ..engine.rules import RULES
 
@@ -288,7 +289,7 @@ class Method:
         return Params(out)
 
 
-_REGISTRY: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method", Method)
 
 
 def _always(anatomy: Anatomy, layer_is_final: bool, params: Params) -> str | None:
@@ -328,27 +329,28 @@ def register_method(
         raise ValueError(f"method {id!r}: unknown family {family!r}")
 
     def wrap(fn: Compute) -> Compute:
-        if id in _REGISTRY:
-            raise ValueError(f"method id {id!r} is registered twice")
-        _REGISTRY[id] = Method(
-            id=id,
-            label=label,
-            family=family,
-            paper=paper,
-            url=url,
-            formula=formula,
-            summary=summary,
-            cost=cost,
-            requires=tuple(requires),
-            needs=need,
-            compute=fn,
-            check=check,
-            warning=warning,
-            params=tuple(params),
-            verify=verify,
-            measures=tuple(measures),
-            verify_with=tuple(verify_with),
-            preferred=preferred,
+        METHODS.add(
+            id,
+            Method(
+                id=id,
+                label=label,
+                family=family,
+                paper=paper,
+                url=url,
+                formula=formula,
+                summary=summary,
+                cost=cost,
+                requires=tuple(requires),
+                needs=need,
+                compute=fn,
+                check=check,
+                warning=warning,
+                params=tuple(params),
+                verify=verify,
+                measures=tuple(measures),
+                verify_with=tuple(verify_with),
+                preferred=preferred,
+            ),
         )
         return fn
 
@@ -357,16 +359,16 @@ def register_method(
 
 def list_methods() -> tuple[Method, ...]:
     """All registered methods, in registration order."""
-    return tuple(_REGISTRY.values())
+    return METHODS.items()
 
 
 def method_ids() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return METHODS.ids()
 
 
 def preferred_ids() -> tuple[str, ...]:
     """The methods a user gets selected by default (the app)."""
-    return tuple(m.id for m in _REGISTRY.values() if m.preferred)
+    return tuple(m.id for m in METHODS if m.preferred)
 
 
 def list_rules() -> dict[str, str]:
@@ -376,30 +378,12 @@ def list_rules() -> dict[str, str]:
 
 def get_method(method_id: str) -> Method:
     """The method registered as `method_id`; an unknown id raises with close matches."""
-    try:
-        return _REGISTRY[method_id]
-    except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(method_id), list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
-            f"unknown method {str(method_id)[:80]!r}; known methods: {', '.join(_REGISTRY)}.{hint}"
-        ) from None
+    return METHODS.get(method_id)
 
 
 def resolve_methods(methods: str | Method | Sequence[str | Method]) -> tuple[Method, ...]:
     """Normalize a method argument: an id, a comma-separated string, a Method or a list."""
-    if isinstance(methods, Method):
-        return (methods,)
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    out: list[Method] = []
-    for m in methods:
-        method = m if isinstance(m, Method) else get_method(m)
-        if method not in out:
-            out.append(method)
-    if not out:
-        raise ValueError(f"no method given; known methods: {', '.join(_REGISTRY)}")
-    return tuple(out)
+    return METHODS.resolve(methods)
 
 
 ParamsArg = Mapping[str, Any] | None

@@ -325,7 +325,7 @@ def test_param_reaches_the_method_and_the_manifest(capsys, tmp_path, monkeypatch
         code, out, _ = run(capsys, "methods")
         assert "--param _cli_probe.k: int in [1, 9], default 2: a number" in out
     finally:
-        registry._REGISTRY.pop("_cli_probe", None)
+        registry.METHODS.remove("_cli_probe")
 
 
 def test_load_turns_only_argument_errors_into_usage_errors(monkeypatch):

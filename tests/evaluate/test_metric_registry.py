@@ -52,3 +52,25 @@ def test_duplicates_raise_and_unknown_ids_suggest():
         ev.get_metric("deletion"),
         ev.get_metric("insertion"),
     )
+
+
+def test_methods_and_metrics_share_one_registry_and_its_messages():
+    """One `Registry` serves both kinds: the same lookup, the same refusal, an id from a request
+    quoted short (a megabyte id must not come back whole)."""
+    import cnnviz
+    from cnnviz.common import Registry
+    from cnnviz.evaluate.registry import METRICS
+    from cnnviz.methods.registry import METHODS
+
+    assert isinstance(METHODS, Registry) and isinstance(METRICS, Registry)
+    assert METHODS.ids() == tuple(m.id for m in cnnviz.list_methods())
+    for lookup, kind in ((ev.get_metric, "metric"), (cnnviz.get_method, "method")):
+        with pytest.raises(ValueError, match=f"unknown {kind} 'x{{80}}'; known {kind}s: ") as err:
+            lookup("x" * 100_000)
+        assert len(str(err.value)) < 1_000
+    with pytest.raises(ValueError, match="registered twice"):
+        METRICS.add("deletion", ev.get_metric("deletion"))
+    assert ev.resolve_metrics("deletion, insertion,deletion") == (
+        ev.get_metric("deletion"),
+        ev.get_metric("insertion"),
+    )

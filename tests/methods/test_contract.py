@@ -73,7 +73,7 @@ def probe_method():
     try:
         yield cnnviz.get_method("_probe_contract"), seen
     finally:
-        registry._REGISTRY.pop("_probe_contract", None)
+        registry.METHODS.remove("_probe_contract")
 
 
 def test_resolve_params_by_method_by_dotted_key_and_by_bare_name(probe_method):
@@ -176,4 +176,4 @@ def test_method_result_must_be_a_result():
         with pytest.raises(TypeError, match="not a Result"):
             cnnviz.explain(model, input_for(model, batch=1), ["_probe_tuple"])
     finally:
-        registry._REGISTRY.pop("_probe_tuple", None)
+        registry.METHODS.remove("_probe_tuple")
