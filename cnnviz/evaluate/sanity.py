@@ -284,11 +284,17 @@ def compare(
     """Spearman (absolute, signed) and SSIM between two batches of raw maps of one method;
     `trained` may be given as its `Reference`, computed once for every step."""
     ref = trained if isinstance(trained, Reference) else Reference.of(trained, hw)
-    return {
+    # A randomized network can overflow (redrawn weights under kept BatchNorm statistics), and
+    # its map then holds inf or NaN: no rank order to compare, so NaN for that image.
+    broken = ~torch.isfinite(other.flatten(1)).all(1)
+    if bool(broken.any()):
+        other = torch.where(torch.isfinite(other), other, torch.zeros((), dtype=other.dtype))
+    scores = {
         "spearman_abs": ranked_correlation(ref.ranks_abs, centred_ranks(_absolute(other).flatten(1))),
         "spearman_signed": ranked_correlation(ref.ranks_signed, centred_ranks(other.flatten(1))),
         "ssim": ssim(ref.heat, input_heatmaps(_absolute(other), hw)),
     }
+    return {k: v.masked_fill(broken, torch.nan) for k, v in scores.items()}
 
 
 _HOOK_DICTS = (
@@ -452,7 +458,19 @@ def _cascade(
         "(Gaussian with each tensor's trained mean and std; BatchNorm statistics kept)",
         "low correlation = the map depends on the learned weights (the check is passed)",
     ]
-    if any(torch.isnan(t).any() for m in chosen for t in scores[m]["spearman_abs"]):
+    overflowed, constant = set(), False
+    for m in chosen:
+        for i, raw in enumerate(maps[m][1:]):
+            finite = torch.isfinite(raw.flatten(1)).all(1)
+            if not bool(finite.all()):
+                overflowed.add(f"{m} after {cascade_steps[i].label}")
+            constant |= bool((torch.isnan(scores[m]["spearman_abs"][i]) & finite).any())
+    if overflowed:
+        notes.append(
+            "NaN: the randomized network overflowed and its map held inf or NaN "
+            f"({', '.join(sorted(overflowed))}); nothing to compare there"
+        )
+    if constant:
         notes.append("NaN: a map was constant (no rank order), e.g. Grad-CAM all zero after its ReLU")
     return SanityCheck(
         steps=cascade_steps,

@@ -213,3 +213,25 @@ def test_the_copy_is_never_probed_again_and_refolded_only_for_cam(monkeypatch):
         for a, b in zip(fast.maps[m], slow.maps[m], strict=True):
             assert torch.equal(a, b), m
         torch.testing.assert_close(fast.spearman_abs[m], slow.spearman_abs[m], rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_randomized_network_that_overflows_gives_nan_and_a_note_not_an_error(monkeypatch):
+    """Redrawn weights under kept BatchNorm statistics can overflow (it stopped the meaning
+    benchmark on the trained EfficientNet-Lite1): the step's maps hold inf or NaN, which have no
+    rank order. The check must say so for those images and go on, not stop the whole check."""
+    draw = sanity._draw
+
+    def huge(model, names, generator):
+        values = draw(model, names, generator)
+        return {n: v * float("inf") if "fc" in n else v for n, v in values.items()}
+
+    monkeypatch.setattr(sanity, "_draw", huge)
+    model = make_model("resnet18", num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    check = ev.model_randomization(model, x, ["vanilla_gradient", "grad_cam"], steps=2)
+    raw = check.maps["vanilla_gradient"][1]
+    assert not torch.isfinite(raw).all(), "the probe did not overflow: make it larger"
+    broken = ~torch.isfinite(raw.flatten(1)).all(1)
+    assert torch.isnan(check.spearman_abs["vanilla_gradient"][0][broken]).all()
+    assert torch.isnan(check.ssim["vanilla_gradient"][0][broken]).all()
+    assert any("overflowed" in n and "vanilla_gradient after classifier" in n for n in check.notes)
