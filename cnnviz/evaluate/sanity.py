@@ -212,9 +212,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     The usual settings: a 7 x 7 uniform window, K1 = 0.01, K2 = 0.03, data range 1, unbiased
     (sample) variances, the mean taken over the windows that lie wholly inside the map; scikit-
     image's `structural_similarity(a, b, data_range=1)` with its defaults is the same measure
-    (tested equal to float32 precision). Batched in float64 with two box filters per statistic, and without
-    the GIL, so the sanity check scores one step while it explains the next. NaN for a map
-    smaller than the window.
+    (tested equal to float32 precision). Batched in float64 with two box filters per statistic,
+    and without the GIL, so the sanity check scores one step while it explains the next. NaN
+    for a map smaller than the window.
     """
     if a.shape != b.shape or a.dim() != 3:
         raise ValueError(
