@@ -1,4 +1,4 @@
-"""What the maps mean, on trained weights (EfficientNet-Lite0, packaged ImageNet weights).
+"""What the maps mean, on trained weights (EfficientNet-Lite0 and -Lite2, packaged ImageNet weights).
 
 Scenes: scikit-image's cat, espresso cup, rocket and motorcycle pasted at known boxes onto its
 grass, gravel and brick textures (`cnnviz.evaluate.scenes`); only those the model names in its
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import trained
 
 import cnnviz
 import cnnviz.evaluate as ev
@@ -21,14 +22,25 @@ import cnnviz.evaluate as ev
 scenes = pytest.importorskip("cnnviz.evaluate.scenes")
 pytest.importorskip("skimage")
 
-MIN_SINGLES = 15  # measured: 18 of 24 (the six rocket scenes are called candle or matchstick)
-MIN_PAIRS = 4  # measured: the 6 cat + espresso scenes; pairs with a rocket or motorcycle are not
+# Per model: the scenes it must recognize (measured by bench/meaning.py: Lite0 names 18 of the 24
+# single-object scenes, the six rockets being candle or matchstick to it, and both objects in 6
+# of the pair scenes; Lite2 names 22 singles and 3 pairs), and how many times a random map's
+# insertion area Grad-CAM's must reach (measured here, 3 scenes and 8 steps: Lite0 0.25 against
+# 0.10, Lite2 0.37 against 0.25, its blurred start being better recognized). Lite1 is measured
+# in the README too, but names both objects in only one pair scene: too few to test on.
+MODELS = {"tf_efficientnet_lite0.in1k": (15, 4, 1.5), "tf_efficientnet_lite2.in1k": (19, 3, 1.25)}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def lite(request):
+    return trained(request.param)
 
 
 @pytest.fixture(scope="module")
-def singles(trained_lite0):
-    x, targets, kept = scenes.recognized_batch(trained_lite0, scenes.single_scenes(224))
-    assert len(kept) >= MIN_SINGLES, f"the model recognizes only {len(kept)} of the single-object scenes"
+def singles(lite):
+    size = lite.data_config["input_size"][-1]
+    x, targets, kept = scenes.recognized_batch(lite, scenes.single_scenes(size))
+    assert len(kept) >= MODELS[lite.name][0], f"the model recognizes only {len(kept)} single-object scenes"
     boxes = torch.tensor([next(iter(s.boxes.values())) for s in kept])
     return x, torch.tensor([t[0] for t in targets]), boxes
 
@@ -37,10 +49,10 @@ def _spread(n: int, k: int) -> torch.Tensor:
     return torch.linspace(0, n - 1, k).round().long()
 
 
-def test_cam_and_grad_cam_put_their_mass_on_the_object(trained_lite0, singles):
+def test_cam_and_grad_cam_put_their_mass_on_the_object(lite, singles):
     x, targets, boxes = singles
-    ex = cnnviz.explain(trained_lite0.module, x, ["cam", "grad_cam"], target=targets)
-    result = ev.evaluate(trained_lite0, x, ex, ["pointing_game", "energy_in_box"], boxes)
+    ex = cnnviz.explain(lite.module, x, ["cam", "grad_cam"], target=targets)
+    result = ev.evaluate(lite, x, ex, ["pointing_game", "energy_in_box"], boxes)
     chance_energy = float(result.chance["energy_in_box"].mean())  # measured 0.23
     chance_pointing = float(result.chance["pointing_game"].mean())  # measured 0.36
     for method in ("cam", "grad_cam"):
@@ -50,14 +62,14 @@ def test_cam_and_grad_cam_put_their_mass_on_the_object(trained_lite0, singles):
         assert pointing >= 0.9 > chance_pointing + 0.4, (method, pointing)
 
 
-def test_grad_cam_separates_two_classes_and_guided_backprop_does_not(trained_lite0):
-    x, targets, kept = scenes.recognized_batch(trained_lite0, scenes.pair_scenes(224))
-    assert len(kept) >= MIN_PAIRS, f"the model recognizes both objects in only {len(kept)} scenes"
+def test_grad_cam_separates_two_classes_and_guided_backprop_does_not(lite):
+    x, targets, kept = scenes.recognized_batch(lite, scenes.pair_scenes(lite.data_config["input_size"][-1]))
+    assert len(kept) >= MODELS[lite.name][1], f"the model recognizes both objects in only {len(kept)} scenes"
     hw = tuple(x.shape[-2:])
     heats, own_more = [], []
     for j in range(2):
         ex = cnnviz.explain(
-            trained_lite0.module,
+            lite.module,
             x,
             ["grad_cam", "guided_backprop"],
             target=torch.tensor([t[j] for t in targets]),
@@ -76,11 +88,11 @@ def test_grad_cam_separates_two_classes_and_guided_backprop_does_not(trained_lit
     assert float(rho["guided_backprop"].min()) > 0.95
 
 
-def test_randomizing_the_classifier_leaves_guided_backprop_unchanged(trained_lite0, singles):
+def test_randomizing_the_classifier_leaves_guided_backprop_unchanged(lite, singles):
     x, targets, _ = singles
     idx = _spread(x.shape[0], 3)
     check = ev.model_randomization(
-        trained_lite0,
+        lite,
         x[idx],
         ["grad_cam", "vanilla_gradient", "guided_backprop"],
         target=targets[idx],
@@ -95,17 +107,15 @@ def test_randomizing_the_classifier_leaves_guided_backprop_unchanged(trained_lit
     assert float(rho["grad_cam"].nanmean()) < 0.7
 
 
-def test_grad_cam_beats_a_random_map_at_deletion_and_insertion(trained_lite0, singles):
+def test_grad_cam_beats_a_random_map_at_deletion_and_insertion(lite, singles):
     x, targets, _ = singles
     idx = _spread(x.shape[0], 3)
     x, targets = x[idx], targets[idx]
-    ex = cnnviz.explain(trained_lite0.module, x, ["grad_cam"], target=targets)
+    ex = cnnviz.explain(lite.module, x, ["grad_cam"], target=targets)
     random_maps = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(0))
     maps = torch.cat([ex["grad_cam"].heatmap(), ev.perturb.input_heatmaps(random_maps, tuple(x.shape[-2:]))])
-    curves = ev.deletion_insertion(
-        trained_lite0, x, maps, targets, steps=8, sample_index=torch.arange(3).repeat(2)
-    )
+    curves = ev.deletion_insertion(lite, x, maps, targets, steps=8, sample_index=torch.arange(3).repeat(2))
     deletion, insertion = curves.deletion_auc.view(2, 3).mean(1), curves.insertion_auc.view(2, 3).mean(1)
-    # measured with 10 steps: deletion 0.016 against 0.11, insertion 0.25 against 0.10
+    # measured on Lite0 with 10 steps: deletion 0.016 against 0.11, insertion 0.25 against 0.10
     assert deletion[0] < 0.5 * deletion[1], deletion
-    assert insertion[0] > 1.5 * insertion[1], insertion
+    assert insertion[0] > MODELS[lite.name][2] * insertion[1], insertion
