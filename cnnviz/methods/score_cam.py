@@ -92,7 +92,8 @@ def largest(
     "a ReLU, say) all give the zero mask, which is scored once. max_channels = k scores only the "
     "k channel maps of largest L1 norm (an approximation; the others weigh 0).",
     warning="the softmax over thousands of channels makes the weights nearly uniform when the "
-    "masked scores are close, and the map then follows the channels' sum, not the class",
+    "masked scores are close, and the map then follows the channels' sum, not the class (trained "
+    "Lite0: Spearman 0.95 after the classifier is redrawn, fails the randomization check)",
     cost="1 forward + 1 forward per distinct channel mask (batched; at most max_channels + 1)",
     requires=("a classifier", "a spatial map at the layer"),
     needs={"map"},
