@@ -99,7 +99,8 @@ class Registry(Generic[T]):
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._items
 
-    def items(self) -> tuple[T, ...]:
+    def values(self) -> tuple[T, ...]:
+        """The items, in registration order."""
         return tuple(self._items.values())
 
     def ids(self) -> tuple[str, ...]:
@@ -122,12 +123,13 @@ class Registry(Generic[T]):
         either; duplicates are dropped, the order kept; an empty selection raises."""
         if isinstance(arg, self._type):
             return (arg,)
-        given: Sequence[object] = (
-            [a.strip() for a in arg.split(",") if a.strip()] if isinstance(arg, str) else arg  # type: ignore[assignment]
-        )
+        if isinstance(arg, str):
+            given: Sequence[object] = [a.strip() for a in arg.split(",") if a.strip()]
+        else:
+            given = arg  # type: ignore[assignment]
         out: list[T] = []
         for a in given:
-            item = a if isinstance(a, self._type) else self.get(str(a) if not isinstance(a, str) else a)
+            item = a if isinstance(a, self._type) else self.get(str(a))
             if item not in out:
                 out.append(item)
         if not out:

@@ -76,7 +76,7 @@ def register_metric(metric: Metric) -> Metric:
 
 def list_metrics() -> tuple[Metric, ...]:
     """All registered metrics, in registration order."""
-    return METRICS.items()
+    return METRICS.values()
 
 
 def metric_ids() -> tuple[str, ...]:

@@ -359,7 +359,7 @@ def register_method(
 
 def list_methods() -> tuple[Method, ...]:
     """All registered methods, in registration order."""
-    return METHODS.items()
+    return METHODS.values()
 
 
 def method_ids() -> tuple[str, ...]:
