@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 
@@ -92,12 +92,6 @@ class Registry(Generic[T]):
     def remove(self, item_id: str) -> None:
         """Take `item_id` out again, if it is there (tests that register a probe)."""
         self._items.pop(item_id, None)
-
-    def __iter__(self) -> Iterator[T]:
-        return iter(tuple(self._items.values()))
-
-    def __contains__(self, item_id: object) -> bool:
-        return item_id in self._items
 
     def values(self) -> tuple[T, ...]:
         """The items, in registration order."""

@@ -9,7 +9,6 @@ that into `gr.Error`.
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any, cast
 
 import gradio as gr
@@ -26,8 +25,6 @@ from cnnviz.app.widgets import (
     model_dropdown,
     user_errors,
 )
-
-log = logging.getLogger(__name__)
 
 LATEX: list[dict[str, str | bool]] = [
     {"left": "$$", "right": "$$", "display": True},

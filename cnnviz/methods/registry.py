@@ -368,7 +368,7 @@ def method_ids() -> tuple[str, ...]:
 
 def preferred_ids() -> tuple[str, ...]:
     """The methods a user gets selected by default (the app)."""
-    return tuple(m.id for m in METHODS if m.preferred)
+    return tuple(m.id for m in METHODS.values() if m.preferred)
 
 
 def list_rules() -> dict[str, str]:
