@@ -235,3 +235,68 @@ def test_a_randomized_network_that_overflows_gives_nan_and_a_note_not_an_error(m
     assert torch.isnan(check.spearman_abs["vanilla_gradient"][0][broken]).all()
     assert torch.isnan(check.ssim["vanilla_gradient"][0][broken]).all()
     assert any("overflowed" in n and "vanilla_gradient after classifier" in n for n in check.notes)
+
+
+@pytest.mark.skipif(not sanity.threads.available(), reason="no per-thread thread count on this platform")
+def test_two_lanes_give_the_maps_of_one_step_after_the_other(monkeypatch):
+    """On the CPU two copies explain different steps at once, one thread each. Each copy applies
+    every step's draws in order, so each step's network, and so its maps, must be exactly those of
+    randomizing one copy step by step (explained on the same one thread: bit for bit)."""
+    import copy
+
+    model = make_model("resnet18", num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    methods = ["grad_cam", "vanilla_gradient", "guided_backprop"]
+    monkeypatch.setattr(sanity, "lane_plan", lambda module, x, steps: (2, 1))
+    lanes = ev.model_randomization(model, x, methods, steps=4, seed=7)  # 4 steps: no solo step
+    clone = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(7)
+    with sanity.threads.limit(1):
+        for i, step in enumerate(ev.cascade(clone)[:4]):
+            sanity.randomize_(clone, step.params, gen)
+            ex = cnnviz.explain(clone, x, methods, target=lanes.targets)
+            for m in methods:
+                assert torch.equal(lanes.maps[m][i + 1], ex[m].raw), (i, m)
+
+
+def test_the_lanes_leave_every_other_threads_count_alone():
+    """`torch.set_num_threads` in a worker would also set the count of every thread started later
+    (the app's next request threads): the lanes set their own thread's count only."""
+    import threading
+
+    before = torch.get_num_threads()
+    model = make_model("resnet18", num_classes=10)
+    ev.model_randomization(model, torch.randn(1, 3, 64, 64), ["grad_cam"], steps=3)
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert torch.get_num_threads() == before and seen == [before]
+
+
+def test_the_callers_torch_function_modes_reach_the_lanes():
+    """The app's time limit is a TorchFunctionMode of the request's thread: the explain calls that
+    run in the lanes must run under it too, and a stop raised there must reach the caller."""
+    import threading
+
+    from torch.overrides import TorchFunctionMode
+
+    from cnnviz.app.limits import TooSlow, time_budget
+
+    class Threads(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.add(threading.current_thread().name)
+            return func(*args, **(kwargs or {}))
+
+    model = make_model("resnet18", num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    ex = cnnviz.explain(model, x, ["grad_cam"])
+    with Threads() as mode:
+        ev.model_randomization(model, x, ["grad_cam"], explanation=ex, steps=2)
+    assert any(n.startswith("cnnviz-sanity") for n in mode.names), mode.names
+    with pytest.raises(TooSlow), time_budget(1e-6):
+        ev.model_randomization(model, x, ["grad_cam"], explanation=ex, steps=3)
