@@ -6,7 +6,8 @@
 Targets (issue #13):
 * deletion + insertion with 20 steps for one map (about 40 forwards) <= 1.2x those forwards run as one
   batch, measured in the same run, and faster than torchcam's `DeletionInsertionMetric` on the same work;
-* the sanity check with 5 steps and 3 methods <= 5x one `explain` call of those methods plus the copy.
+* the sanity check with 5 steps and 3 methods <= 5x one `explain` call of those methods plus the copy
+  (also measured with one copy of the model, as before the lanes, for comparison).
 
 Timings are medians over rounds, interleaved round by round so that a shared machine's noise falls
 on every case alike. Weights are random (speed does not depend on them).
@@ -110,6 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         model, x, SANITY_METHODS, explanation=ex3, steps=5
     )
 
+    def one_copy():  # the check as it ran before the lanes: one copy, the explains one by one
+        plan = ev.sanity.lane_plan
+        ev.sanity.lane_plan = lambda module, x, steps: (1, torch.get_num_threads())
+        try:
+            ev.model_randomization(model, x, SANITY_METHODS, explanation=ex3, steps=5)
+        finally:
+            ev.sanity.lane_plan = plan
+
+    cases["sanity check, one copy (no lanes)"] = one_copy
     cases["deep copy of the model"] = lambda: ev.sanity.private_copy(model)
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(args.rounds):
@@ -142,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"sanity check / (5 x explain + copy): {med['sanity check (5 steps, 3 methods)'] / budget:.2f} "
         "(target <= 1)"
+    )
+    lanes = ev.sanity.lane_plan(model, x, 5)
+    print(
+        f"  with one copy: {med['sanity check, one copy (no lanes)'] / budget:.2f}; "
+        f"lanes here: {lanes[0]} copies x {lanes[1]} thread(s)"
     )
     return 0
 
