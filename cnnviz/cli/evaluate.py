@@ -53,7 +53,12 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--layer", metavar="NAME", help="layer for CAM-family methods (default: the final map)")
     p.add_argument("--steps", type=_steps, default=20, help="deletion/insertion steps, >= 2 (default 20)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward (default 32)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="images per forward (default 8 on the CPU, where small batches are faster, 32 on a GPU)",
+    )
     p.add_argument(
         "--boxes",
         type=Path,

@@ -25,6 +25,20 @@ BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0
 DEFAULT_STEPS = 20
 DEFAULT_BATCH = 32
+CPU_BATCH = 8
+"""Images per forward when none is given: `CPU_BATCH` on the CPU, `DEFAULT_BATCH` elsewhere. On
+the CPU small batches are faster (they stay in cache): deletion + insertion of one map (40
+images, 224 px, 2 threads) took 5.5 s in batches of 8 against 6.7 s in batches of 32 and 7.3 s
+of 64 on ResNet-50, 5.7 s against 7.2 s and 6.9 s on ConvNeXt-Tiny (measured in one run)."""
+
+
+def resolve_batch(batch_size: int | None, device: torch.device) -> int:
+    """`batch_size`, checked; None: the default for `device` (see `CPU_BATCH`)."""
+    if batch_size is None:
+        return CPU_BATCH if device.type == "cpu" else DEFAULT_BATCH
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    return batch_size
 
 
 @dataclass(frozen=True)
@@ -175,7 +189,7 @@ def score_jobs(
     model: nn.Module,
     make: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     n: int,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
     score: str = "probability",
     progress: Progress | None = None,
 ) -> torch.Tensor:
@@ -184,8 +198,7 @@ def score_jobs(
     `make(indices)` returns (images, targets) for a chunk of job indices. The model runs in
     eval mode under `torch.inference_mode`; its training flags are restored afterwards.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    batch_size = resolve_batch(batch_size, next(iter(model.parameters()), torch.empty(0)).device)
     if score not in ("probability", "logit"):
         raise ValueError(f"score must be 'probability' or 'logit'; got {score!r}")
     out = torch.empty(n, dtype=torch.float32)
@@ -212,7 +225,7 @@ def deletion_insertion(
     insertion_start: BaselineArg = "blur",
     curves: tuple[str, ...] = ("deletion", "insertion"),
     sample_index: torch.Tensor | None = None,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
     score: str = "probability",
     original: torch.Tensor | None = None,
     progress: Progress | None = None,
@@ -234,7 +247,7 @@ def deletion_insertion(
         baseline / insertion_start: see `canvas`.
         curves: which curves to compute.
         sample_index: (N,) the image each map explains (default: map i explains image i).
-        batch_size: images per forward.
+        batch_size: images per forward (default: 8 on the CPU, 32 elsewhere; see `CPU_BATCH`).
         score: ``"probability"`` (softmax of the target, as in RISE) or ``"logit"``.
         original: (B,) the targets' scores on the unperturbed images, when known (saves B forwards).
         progress: called with (done, total) perturbed images after each forward.
@@ -381,7 +394,7 @@ def confidence_change(
     targets: torch.Tensor,
     *,
     sample_index: torch.Tensor | None = None,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
     score: str = "probability",
     original: torch.Tensor | None = None,
     progress: Progress | None = None,

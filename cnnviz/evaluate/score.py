@@ -15,7 +15,6 @@ from ..methods import get_method
 from ..types import Explanation
 from . import localize
 from .perturb import (
-    DEFAULT_BATCH,
     DEFAULT_STEPS,
     BaselineArg,
     ConfidenceChange,
@@ -119,7 +118,7 @@ def evaluate(
     steps: int = DEFAULT_STEPS,
     baseline: BaselineArg = "zero",
     insertion_start: BaselineArg = "blur",
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
     tolerance: float = localize.POINTING_TOLERANCE,
     randomization_steps: int = 1,
     seed: int = 0,

