@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -38,7 +40,10 @@ def _libraries() -> _Libraries | None:
             paths = {line.split()[-1] for line in maps if line.rstrip().endswith(".so") or ".so." in line}
     except OSError:
         return None
-    omp = next((p for p in sorted(paths) if any(k in p for k in ("libgomp", "libiomp", "libomp"))), None)
+    # PyTorch's own runtime: other wheels (scikit-learn) may bring another copy of libgomp
+    own = os.path.dirname(torch.__file__)
+    runtimes = [p for p in paths if any(k in os.path.basename(p) for k in ("libgomp", "libiomp", "libomp"))]
+    omp = min(runtimes, key=lambda p: (not p.startswith(own), p), default=None)
     if omp is None:
         return None
     try:
@@ -48,7 +53,8 @@ def _libraries() -> _Libraries | None:
     except (OSError, AttributeError):
         return None
     mkl_local = None
-    for path in sorted(p for p in paths if "libtorch_cpu" in p or "libmkl" in p):
+    mkl_paths = [p for p in paths if "libtorch_cpu" in p or "libmkl" in p]
+    for path in sorted(mkl_paths, key=lambda p: (not p.startswith(own), p)):
         try:
             fn = ctypes.CDLL(path).MKL_Set_Num_Threads_Local  # the C entry (the lower-case name is Fortran)
         except (OSError, AttributeError):
@@ -59,9 +65,22 @@ def _libraries() -> _Libraries | None:
     return _Libraries(lib, mkl_local)
 
 
+@functools.cache
 def available() -> bool:
-    """Whether `limit` can confine a thread here."""
-    return _libraries() is not None
+    """Whether `limit` confines a thread here: the libraries were found, and PyTorch in a thread
+    under ``limit(1)`` reports one thread (so the OpenMP runtime found is PyTorch's own)."""
+    if _libraries() is None:
+        return False
+    seen: list[int] = []
+
+    def probe() -> None:
+        with limit(1):
+            seen.append(torch.get_num_threads())
+
+    worker = threading.Thread(target=probe, name="cnnviz-threads-probe")
+    worker.start()
+    worker.join()
+    return seen == [1]
 
 
 @contextlib.contextmanager

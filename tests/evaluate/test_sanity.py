@@ -265,6 +265,16 @@ def test_the_lanes_leave_every_other_threads_count_alone():
     import threading
 
     before = torch.get_num_threads()
+    inside = []
+
+    def confined():
+        with sanity.threads.limit(1):
+            inside.append(torch.get_num_threads())  # PyTorch's own OpenMP runtime was set
+
+    t = threading.Thread(target=confined)
+    t.start()
+    t.join()
+    assert inside == [1] or not sanity.threads.available()
     model = make_model("resnet18", num_classes=10)
     ev.model_randomization(model, torch.randn(1, 3, 64, 64), ["grad_cam"], steps=3)
     seen = []
