@@ -3,8 +3,8 @@
 `torch.set_num_threads` cannot do this: besides the calling thread's own setting it stores the
 count that every thread started later takes up (measured: a thread started while another
 thread has set 1 runs on 1 thread for good). The sanity check runs two copies of a model at once,
-each in a worker thread on half the cores; in the app that must not change the threads of other
-requests' threads.
+each in a worker thread on half the cores; in the app that must not change the thread count of
+other requests.
 
 With OpenMP, PyTorch's backend on Linux, a parallel region's size is the calling thread's own
 OpenMP setting (the ``nthreads-var`` ICV), and MKL keeps a thread-local count of its own: both
