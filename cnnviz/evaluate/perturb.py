@@ -198,7 +198,7 @@ def score_jobs(
     `make(indices)` returns (images, targets) for a chunk of job indices. The model runs in
     eval mode under `torch.inference_mode`; its training flags are restored afterwards.
     """
-    batch_size = resolve_batch(batch_size, next(iter(model.parameters()), torch.empty(0)).device)
+    batch_size = resolve_batch(batch_size, param_like(model)[0])
     if score not in ("probability", "logit"):
         raise ValueError(f"score must be 'probability' or 'logit'; got {score!r}")
     out = torch.empty(n, dtype=torch.float32)
