@@ -161,8 +161,7 @@ def _apply_draws(model: nn.Module, drawn: dict[str, torch.Tensor]) -> None:
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
     """Ranks along the last dim of (N, D) values, ties sharing their average rank (as
     scipy.stats.rankdata); float64."""
-    d = values.shape[-1]
-    return _ranks(values, 0.0) if d else torch.empty(values.shape, dtype=torch.float64)
+    return _ranks(values, 0.0)
 
 
 def _ranks(values: torch.Tensor, shift: float) -> torch.Tensor:
@@ -173,6 +172,8 @@ def _ranks(values: torch.Tensor, shift: float) -> torch.Tensor:
     a tie does not matter, since a tie's members all get its average rank. No pass more than
     the sort needs: a row without ties (most gradient images) is the inverse permutation of
     one precomputed range."""
+    if values.shape[-1] == 0:
+        return torch.empty(values.shape, dtype=torch.float64)
     vals = values.detach().cpu()
     if vals.dtype in (torch.float16, torch.bfloat16):
         vals = vals.float()
@@ -206,8 +207,7 @@ def centred_ranks(values: torch.Tensor) -> torch.Tensor:
 
     Average ranks always sum to D (D + 1) / 2 (a tie shares the ranks it spans), so the mean is
     (D + 1) / 2 whatever the values: subtracted with the ranks, not in a pass of its own."""
-    d = values.shape[-1]
-    return _ranks(values, (d + 1) / 2) if d else torch.empty(values.shape, dtype=torch.float64)
+    return _ranks(values, (values.shape[-1] + 1) / 2)
 
 
 def ranked_correlation(ra: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
@@ -556,7 +556,8 @@ def _cascade(
     t1 = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="cnnviz-sanity")
     try:
-        futures = [pool.submit(lane) for _ in range(lanes)]
+        for _ in range(lanes):
+            pool.submit(lane)  # a lane never raises: its error comes back through `done`
         # this thread scores, on as few threads as a lane, while the lanes explain
         with threads.limit(per_lane) if lanes > 1 else contextlib.nullcontext():
             draws.take_ahead(min(lanes, n))  # the lanes' first draws, while they copy the model
@@ -570,8 +571,6 @@ def _cascade(
                 step_scores[i] = {m: compare(references[m], got[m], hw) for m in chosen}
                 if progress is not None:
                     progress(len(step_maps), n)
-        for f in futures:
-            f.result()
     finally:
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
