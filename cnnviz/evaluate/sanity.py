@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import queue
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -167,34 +169,85 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
 def _ranks(values: torch.Tensor, shift: float) -> torch.Tensor:
     """(N, D) float64 average ranks (1-based) minus `shift`.
 
-    Sorted in the values' own precision (float32 and narrower sort exactly as their float64
-    copies would) by numpy's unstable argsort, twice as fast as torch's here: the order inside
-    a tie does not matter, since a tie's members all get its average rank. No pass more than
-    the sort needs: a row without ties (most gradient images) is the inverse permutation of
-    one precomputed range."""
+    The order inside a tie does not matter (its members all get its average rank), so any sort
+    will do: finite float32 rows go through `_key_sort`, others through numpy's argsort. No pass
+    more than the sort needs: the ranks are the inverse permutation of one precomputed range, then
+    the few tie groups get their mean rank."""
     if values.shape[-1] == 0:
         return torch.empty(values.shape, dtype=torch.float64)
     vals = values.detach().cpu()
     if vals.dtype in (torch.float16, torch.bfloat16):
-        vals = vals.float()
+        vals = vals.float()  # exact: every narrower float is a float32
     v = vals.numpy()
-    order = np.argsort(v, axis=-1)
-    ranked = np.take_along_axis(v, order, axis=-1)
     n, d = v.shape
+    if v.dtype == np.float32 and d < 1 << 32 and _LITTLE_ENDIAN and bool(np.isfinite(v).all()):
+        order, ranked = _key_sort(v)
+    else:
+        order = np.argsort(v, axis=-1)
+        ranked = np.take_along_axis(v, order, axis=-1)
     out = np.empty(v.shape, dtype=np.float64)
-    plain = np.arange(1 - shift, d + 1 - shift, dtype=np.float64)
-    starts = np.empty(d, dtype=bool)
-    starts[0] = True
+    plain = _range(d, shift)
     for i in range(n):
-        np.not_equal(ranked[i, 1:], ranked[i, :-1], out=starts[1:])
-        if starts.all():
-            out[i, order[i]] = plain
+        out[i, order[i]] = plain
+        # sorted positions equal to the one before: the ties (a few dozen in a gradient image)
+        dup = np.flatnonzero(ranked[i, 1:] == ranked[i, :-1]) + 1
+        if dup.size == 0:
             continue
-        group = np.cumsum(starts) - 1
-        counts = np.bincount(group).astype(np.float64)
-        avg = np.cumsum(counts) - (counts - 1) / 2 - shift  # average rank of each tie group
-        out[i, order[i]] = avg[group]
+        fresh = np.diff(dup, prepend=-2) != 1  # a new tie group starts at this position
+        first = dup[fresh] - 1
+        last = dup[np.append(fresh[1:], True)]
+        group = np.cumsum(fresh) - 1
+        # a tie group's members share the mean of the ranks it spans, first + 1 .. last + 1
+        mean = (first + last) / 2 + 1 - shift
+        out[i, order[i][first]] = mean
+        out[i, order[i][dup]] = mean[group]
     return torch.from_numpy(out)
+
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_SCRATCH_BYTES = 8 << 20
+_scratch = threading.local()
+
+
+def _key_sort(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, sorted keys) of each row of finite (N, D) float32 values, sorted as 64-bit keys.
+
+    A key holds the value's bits made order-preserving as an unsigned integer (a negative's bits
+    all flipped, a positive's sign bit set; -0.0 made +0.0 first, so equal values have equal
+    keys) in its high half and the element's index in its low half. numpy sorts such integers
+    2 to 3x faster than it argsorts the floats. The keys live in a per-thread scratch array when
+    small: a fresh large array costs page faults, as much again as the sort on a busy machine."""
+    n, d = v.shape
+    if n * d * 8 <= _SCRATCH_BYTES:
+        keys = getattr(_scratch, "keys", None)
+        if keys is None or keys.shape != (n, d, 2):
+            keys = _scratch.keys = np.empty((n, d, 2), dtype=np.uint32)
+    else:
+        keys = np.empty((n, d, 2), dtype=np.uint32)
+    high = keys[..., 1]
+    np.add(v, np.float32(0), out=high.view(np.float32))  # -0.0 + 0.0 = +0.0
+    flip = keys[..., 0].view(np.int32)  # the low halves as scratch until they get the indices
+    np.right_shift(high.view(np.int32), 31, out=flip)  # -1 for a negative, else 0
+    np.bitwise_or(flip, np.int32(-(1 << 31)), out=flip)
+    np.bitwise_xor(high, flip.view(np.uint32), out=high)
+    keys[..., 0] = _indices(d)
+    keys.view(np.uint64)[..., 0].sort(axis=-1)  # little-endian: the low half is the first word
+    return keys[..., 0], keys[..., 1]
+
+
+@functools.lru_cache(maxsize=4)
+def _indices(d: int) -> np.ndarray:
+    out = np.arange(d, dtype=np.uint32)
+    out.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _range(d: int, shift: float) -> np.ndarray:
+    """1 - shift, ..., d - shift (float64, read-only): the ranks of a row without ties."""
+    out = np.arange(1 - shift, d + 1 - shift, dtype=np.float64)
+    out.flags.writeable = False
+    return out
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -239,21 +292,44 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     n, h, w = a.shape
     if min(h, w) < SSIM_WINDOW:
         return torch.full((n,), torch.nan)
+    return _SsimSide.of(a).ssim(b)
 
-    def norm(t: torch.Tensor) -> torch.Tensor:
-        t = t.detach().to(torch.float64).cpu()
-        flat = t.flatten(1)
-        lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
-        return ((t - lo) / (hi - lo).clamp_min(1e-30))[:, None]
 
-    x, y = norm(a), norm(b)
-    stats = _window_means(torch.cat([x, y, x * x, y * y, x * y], 1))
-    ux, uy, uxx, uyy, uxy = stats.unbind(1)
-    cov = SSIM_WINDOW**2 / (SSIM_WINDOW**2 - 1)  # sample, not population, (co)variances
-    vx, vy, vxy = cov * (uxx - ux * ux), cov * (uyy - uy * uy), cov * (uxy - ux * uy)
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.mean((1, 2)).float()
+@dataclass(frozen=True)
+class _SsimSide:
+    """One side of SSIM: (N, H, W) maps made [0, 1] in float64, and their window means and mean
+    squares; the sanity check makes the trained map's side once and compares every step with it."""
+
+    unit: torch.Tensor
+    mean: torch.Tensor
+    mean_sq: torch.Tensor
+
+    @classmethod
+    def of(cls, maps: torch.Tensor) -> _SsimSide:
+        unit = _unit(maps)
+        stats = _window_means(torch.stack([unit, unit * unit], 1))
+        return cls(unit, stats[:, 0], stats[:, 1])
+
+    def ssim(self, other: torch.Tensor) -> torch.Tensor:
+        x, y = self.unit, _unit(other)
+        stats = _window_means(torch.stack([y, y * y, x * y], 1))
+        ux, uxx = self.mean, self.mean_sq
+        uy, uyy, uxy = stats.unbind(1)
+        cov = SSIM_WINDOW**2 / (SSIM_WINDOW**2 - 1)  # sample, not population, (co)variances
+        uxuy = ux * uy
+        c1, c2 = 0.01**2, 0.03**2
+        num = (2 * uxuy + c1) * (cov * 2 * (uxy - uxuy) + c2)
+        sq = ux * ux + uy * uy
+        den = (sq + c1) * (cov * (uxx + uyy - sq) + c2)
+        return (num / den).mean((1, 2)).float()
+
+
+def _unit(t: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) maps min-max normalized to [0, 1] each, float64."""
+    t = t.detach().to(torch.float64).cpu()
+    flat = t.flatten(1)
+    lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+    return (t - lo) / (hi - lo).clamp_min(1e-30)
 
 
 def _window_means(t: torch.Tensor) -> torch.Tensor:
@@ -284,14 +360,16 @@ class Reference:
 
     ranks_abs: torch.Tensor
     ranks_signed: torch.Tensor
-    heat: torch.Tensor
+    heat: _SsimSide | None  # None: the map is smaller than SSIM's window
 
     @classmethod
     def of(cls, trained: torch.Tensor, hw: tuple[int, int]) -> Reference:
+        absolute = _absolute(trained)
+        heat = input_heatmaps(absolute, hw)
         return cls(
-            centred_ranks(_absolute(trained).flatten(1)),
+            centred_ranks(absolute.flatten(1)),
             centred_ranks(trained.flatten(1)),
-            input_heatmaps(_absolute(trained), hw),
+            _SsimSide.of(heat) if min(heat.shape[-2:]) >= SSIM_WINDOW else None,
         )
 
 
@@ -306,10 +384,15 @@ def compare(
     broken = ~torch.isfinite(other.flatten(1)).all(1)
     if bool(broken.any()):
         other = torch.where(torch.isfinite(other), other, torch.zeros((), dtype=other.dtype))
+    absolute = _absolute(other)
     scores = {
-        "spearman_abs": ranked_correlation(ref.ranks_abs, centred_ranks(_absolute(other).flatten(1))),
+        "spearman_abs": ranked_correlation(ref.ranks_abs, centred_ranks(absolute.flatten(1))),
         "spearman_signed": ranked_correlation(ref.ranks_signed, centred_ranks(other.flatten(1))),
-        "ssim": ssim(ref.heat, input_heatmaps(_absolute(other), hw)),
+        "ssim": (
+            ref.heat.ssim(input_heatmaps(absolute, hw))
+            if ref.heat is not None
+            else torch.full((other.shape[0],), torch.nan)
+        ),
     }
     return {k: v.masked_fill(broken, torch.nan) for k, v in scores.items()}
 

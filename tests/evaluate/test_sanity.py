@@ -41,6 +41,62 @@ def test_spearman_equals_scipys_with_ties():
     assert torch.isnan(sanity.spearman(torch.ones(1, 5), torch.arange(5.0)[None])).all()
 
 
+def test_ranks_equal_scipys_on_float32_edge_cases():
+    """Float32 rows are ranked by sorting integer keys made from their bits: signed zeros, the
+    extremes, subnormals and tie groups at either end must rank exactly as scipy ranks them."""
+    stats = pytest.importorskip("scipy.stats")
+    gen = torch.Generator().manual_seed(1)
+    rows = torch.randn(6, 3000, generator=gen)
+    rows[0, :40] = 0.0
+    rows[0, 40:90] = -0.0  # equal to 0.0: one tie group with it
+    rows[1, :5] = torch.tensor([3.4e38, -3.4e38, 1e-45, -1e-45, -1.2e-38])
+    rows[2] = rows[2].abs()
+    rows[2, :30] = rows[2].min()  # a tie group at the bottom ...
+    rows[2, 30:60] = rows[2].max()  # ... and one at the top
+    rows[3] = torch.randint(-4, 4, (3000,), generator=gen).float()  # ties everywhere
+    rows[4] = 7.0  # one group
+    rows[5] = -rows[5].abs()
+    ours = sanity.average_ranks(rows)
+    for i in range(6):
+        assert torch.equal(ours[i], torch.from_numpy(stats.rankdata(rows[i].numpy()))), i
+    # other precisions and rows with NaN take numpy's argsort: the same ranks
+    assert torch.equal(sanity.average_ranks(rows.double()), ours)
+    assert torch.equal(
+        sanity.average_ranks(rows.half()), torch.from_numpy(stats.rankdata(rows.half().float(), axis=1))
+    )
+
+
+def test_compare_scores_the_maps_as_scipy_and_scikit_image_do():
+    """`compare` (the trained side computed once) against the measures computed plainly."""
+    stats = pytest.importorskip("scipy.stats")
+    skm = pytest.importorskip("skimage.metrics")
+    gen = torch.Generator().manual_seed(2)
+    grads = torch.randn(2, 2, 3, 24, 20, generator=gen)
+    grads[1, 0, :, :4] = 0.0  # ties in both the signed and the absolute maps
+    cams = torch.randn(2, 2, 5, 4, generator=gen).relu()  # a CAM after its ReLU: tied zeros
+    hw = (24, 20)
+
+    def unit(t):
+        t = t.double().numpy()
+        return (t - t.min()) / max(t.max() - t.min(), 1e-30)
+
+    for trained, other in (grads, cams):
+        got = sanity.compare(trained, other, hw)
+        heat_a = ev.perturb.input_heatmaps(trained.abs().amax(1) if trained.dim() == 4 else trained, hw)
+        heat_b = ev.perturb.input_heatmaps(other.abs().amax(1) if other.dim() == 4 else other, hw)
+        for i in range(2):
+            a_abs = (trained[i].abs().amax(0) if trained.dim() == 4 else trained[i].abs()).flatten()
+            b_abs = (other[i].abs().amax(0) if other.dim() == 4 else other[i].abs()).flatten()
+            expect_abs = stats.spearmanr(a_abs, b_abs).statistic
+            expect_signed = stats.spearmanr(trained[i].flatten(), other[i].flatten()).statistic
+            expect_ssim = skm.structural_similarity(unit(heat_a[i]), unit(heat_b[i]), data_range=1.0)
+            assert got["spearman_abs"][i].item() == pytest.approx(expect_abs, abs=1e-6)
+            assert got["spearman_signed"][i].item() == pytest.approx(expect_signed, abs=1e-6)
+            assert got["ssim"][i].item() == pytest.approx(expect_ssim, abs=1e-6)
+    tiny = sanity.compare(cams, cams.flip(-1), (5, 4))  # below SSIM's window: NaN, ranks still
+    assert torch.isnan(tiny["ssim"]).all() and torch.isfinite(tiny["spearman_abs"]).all()
+
+
 def test_randomization_runs_on_a_copy_and_leaves_the_model_untouched():
     model = make_model("resnet18", num_classes=10)
     x = torch.randn(2, 3, 64, 64)
