@@ -9,6 +9,10 @@ Targets (issue #13):
 * the sanity check with 5 steps and 3 methods <= 5x one `explain` call of those methods plus the copy
   (also measured with one copy of the model, as before the lanes, for comparison).
 
+It also measures the floor under the check's lanes on this machine: one-thread explains in two
+processes at once (no GIL, no allocator shared), two rounds of them plus one two-thread explain and
+the copy, against the same budget, before the check scores or draws anything.
+
 Timings are medians over rounds, interleaved round by round so that a shared machine's noise falls
 on every case alike. Weights are random (speed does not depend on them).
 """
@@ -16,6 +20,7 @@ on every case alike. Weights are random (speed does not depend on them).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import sys
 import time
@@ -158,7 +163,50 @@ def main(argv: list[str] | None = None) -> int:
         f"  with one copy: {med['sanity check, one copy (no lanes)'] / budget:.2f}; "
         f"lanes here: {lanes[0]} copies x {lanes[1]} thread(s)"
     )
+    if lanes[0] == 2:
+        alone = one_thread_explains(args.model, tuple(x.shape), args.rounds, at_once=1)
+        paired = one_thread_explains(args.model, tuple(x.shape), args.rounds, at_once=2)
+        floor = 2 * paired + med["explain (3 methods)"] + med["deep copy of the model"]
+        print(
+            f"  one-thread explain: {alone:.3f} s alone, {paired:.3f} s with another process doing "
+            f"the same ({2 * alone / paired:.2f}x the work of one done at once; two threads on one "
+            f"explain: {alone / med['explain (3 methods)']:.2f}x)"
+        )
+        print(
+            f"  the lanes' floor (2 rounds of two one-thread explains at once + one two-thread "
+            f"explain + the copy, nothing scored): {floor / budget:.2f}x the budget"
+        )
     return 0
+
+
+def _explain_in_child(model_name: str, shape: tuple[int, ...], rounds: int, start, results) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, pretrained=False).eval()
+    x = torch.randn(shape)
+    cnnviz.explain(model, x, SANITY_METHODS)  # warm up
+    start.wait()
+    results.put(
+        statistics.median(timed(lambda: cnnviz.explain(model, x, SANITY_METHODS)) for _ in range(rounds))
+    )
+
+
+def one_thread_explains(model_name: str, shape: tuple[int, ...], rounds: int, at_once: int) -> float:
+    """Median seconds of a one-thread explain with `at_once` processes explaining together (the
+    slowest process's): what a lane could get at best, with nothing shared but the hardware."""
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Barrier(at_once), ctx.Queue()
+    procs = [
+        ctx.Process(target=_explain_in_child, args=(model_name, shape, 3 * rounds, start, results))
+        for _ in range(at_once)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        return max(results.get(timeout=600) for _ in procs)
+    finally:
+        for proc in procs:
+            proc.join()
 
 
 def _final_layer(model: torch.nn.Module, x: torch.Tensor) -> str:
