@@ -291,10 +291,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"ssim needs two (N, H, W) batches of one shape; got {tuple(a.shape)}, {tuple(b.shape)}"
         )
-    n, h, w = a.shape
-    if min(h, w) < SSIM_WINDOW:
-        return torch.full((n,), torch.nan)
-    return _SsimSide.of(a).ssim(b)
+    side = _SsimSide.of(a)
+    return side.ssim(b) if side is not None else torch.full((a.shape[0],), torch.nan)
 
 
 @dataclass(frozen=True)
@@ -307,7 +305,10 @@ class _SsimSide:
     mean_sq: torch.Tensor
 
     @classmethod
-    def of(cls, maps: torch.Tensor) -> _SsimSide:
+    def of(cls, maps: torch.Tensor) -> _SsimSide | None:
+        """None for maps smaller than the window (no window lies inside: SSIM is NaN)."""
+        if min(maps.shape[-2:]) < SSIM_WINDOW:
+            return None
         unit = _unit(maps)
         stats = _window_means(torch.stack([unit, unit * unit], 1))
         return cls(unit, stats[:, 0], stats[:, 1])
@@ -371,7 +372,7 @@ class Reference:
         return cls(
             centred_ranks(absolute.flatten(1)),
             centred_ranks(trained.flatten(1)),
-            _SsimSide.of(heat) if min(heat.shape[-2:]) >= SSIM_WINDOW else None,
+            _SsimSide.of(heat),
         )
 
 
