@@ -4,7 +4,9 @@ A task runs `runner.run_one`: the model in its own process under the same memory
 as the local pool, so a crash or a hang costs that model's row only. Ray places each task where a
 node has the CPUs (``plan.threads``) and the memory (``plan.need_gb``: parameters x
 `runner.PARAM_FACTOR` + `runner.OVERHEAD_GB`) free, so a cluster runs as many models at once as
-its memory holds. Rows come back to the driver, which writes the CSV as they arrive.
+its memory holds. Rows come back to the driver, which writes the CSV as they arrive. A model
+that runs out of its cap is submitted once more as the local pool reruns it (`runner.escalate`):
+under ``--big-mem-gb``, with that much of Ray's memory resource reserved.
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..raytools import connect
-from .runner import GIB, Plan, ProbeFn, failed_row, run_one
+from .runner import (
+    GIB,
+    Limits,
+    Plan,
+    ProbeFn,
+    escalate,
+    failed_row,
+    out_of_memory,
+    run_one,
+    with_escalation_note,
+)
 
 
 def largest_node_memory(ray) -> float:
@@ -26,16 +38,21 @@ def run_on_ray(
     probe_fn: ProbeFn,
     method_ids: list[str],
     emit: Callable[[dict[str, object]], None],
+    limits: Limits | None = None,
 ) -> None:
-    """Submit every plan as a task, emit each row as its task finishes."""
+    """Submit every plan as a task, emit each row as its task finishes. With `limits`, a model
+    that ran out of memory is submitted again with `runner.escalate`'s plan."""
     ray = connect()
     node_memory = largest_node_memory(ray)
     task = ray.remote(run_one)
     pending = {}
-    for plan in plans:
+    first_oom: dict[str, str] = {}
+
+    def submit(plan: Plan) -> bool:
+        """Whether `plan` went to Ray (False: its row is emitted here, as not run)."""
         if plan.refusal:
             emit(failed_row(plan.name, f"not run: {plan.refusal}", method_ids))
-            continue
+            return False
         need = int(plan.need_gb * GIB)
         if need > node_memory:  # Ray would keep such a task pending forever
             reason = (
@@ -43,9 +60,13 @@ def run_on_ray(
                 f"({node_memory / GIB:.1f} GiB of its 'memory' resource)"
             )
             emit(failed_row(plan.name, reason, method_ids))
-            continue
+            return False
         options = {"num_cpus": plan.threads, "memory": need, "max_retries": 0, "name": f"sweep:{plan.name}"}
         pending[task.options(**options).remote(plan, small, probe_fn, method_ids)] = plan
+        return True
+
+    for plan in plans:
+        submit(plan)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
@@ -59,4 +80,10 @@ def run_on_ray(
                     f"ray task failed: {type(exc).__name__}: {lines[0] if lines else ''}"[:300],
                     method_ids,
                 )
-            emit(row)
+            oom = out_of_memory(row, method_ids) if limits else ""
+            again = escalate(plan, limits) if limits and oom else None
+            if again is not None and int(again.need_gb * GIB) <= node_memory:
+                first_oom[plan.name] = oom
+                submit(again)
+            else:
+                emit(with_escalation_note(plan, row, first_oom.get(plan.name, "")))

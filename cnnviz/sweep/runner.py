@@ -10,6 +10,11 @@ Models too large for ``--mem-gb`` in float32 (from their parameter count) run al
 ``--big-mem-gb`` and 4x the timeout; when even that cannot hold them in float32 they run in
 bfloat16 (the CSV's ``dtype`` column says so), and when it cannot hold them at all the row says
 how much memory they would need.
+
+The estimate from the parameter count misses models whose activations dominate (a wide final
+map, many tokens). A model that runs out of ``--mem-gb`` is therefore not written as failed: it
+goes to the end of the queue once more, alone, under ``--big-mem-gb`` and 4x the timeout, and
+its row's ``error`` says so (`escalate`).
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class Plan:
     need_gb: float = 0.0
     methods: tuple[str, ...] | None = None
     """Only these methods (a row that lacks them: methods added since it was written); None: all."""
+    escalated_from: float = 0.0
+    """The cap (GiB) of the run that ran out of memory, when this is its rerun (`escalate`)."""
 
 
 def plan_for(name: str, params: int, limits: Limits) -> Plan:
@@ -88,6 +95,48 @@ def plan_for(name: str, params: int, limits: Limits) -> Plan:
         refusal=f"needs about {need16:.1f} GiB even in bfloat16 ({params / 1e9:.1f}B parameters), "
         f"above --big-mem-gb {limits.big_mem_gb:g}; rerun it with a larger --big-mem-gb",
         need_gb=need16,
+    )
+
+
+OUT_OF_MEMORY = (
+    "MemoryError",  # Python and numpy
+    "can't allocate memory",  # torch's CPU allocator
+    "Cannot allocate memory",  # errno 12 (ENOMEM) under the address-space cap
+    "out of memory",  # CUDA, and `_exit_reason`'s hint for a process killed by SIGKILL/SIGABRT
+)
+
+
+def out_of_memory(row: dict[str, object], method_ids: list[str]) -> str:
+    """The first sign in `row` that its model ran out of memory ('' when there is none)."""
+    texts = [str(row.get("error") or "")]
+    texts += [str(row.get(f"{m}_note") or "") for m in method_ids if row.get(m) == "failed"]
+    for text in texts:
+        if any(sign in text for sign in OUT_OF_MEMORY):
+            return text
+    return ""
+
+
+def escalate(plan: Plan, limits: Limits) -> Plan | None:
+    """The plan to run a model again with after it ran out of memory: alone, under
+    ``--big-mem-gb``, 4x the timeout, all threads. None when it already had that much."""
+    if plan.exclusive or plan.refusal or limits.big_mem_gb <= plan.mem_gb:
+        return None
+    return replace(
+        plan,
+        mem_gb=limits.big_mem_gb,
+        timeout=4 * limits.timeout,
+        exclusive=True,
+        threads=limits.jobs,
+        need_gb=max(plan.need_gb, limits.big_mem_gb),
+        escalated_from=plan.mem_gb,
+    )
+
+
+def escalation_note(plan: Plan, first: str) -> str:
+    """What a retried model's row says about its first run."""
+    return (
+        f"ran out of the {plan.escalated_from:g} GiB cap ({first[:120]}); "
+        f"rerun alone under --big-mem-gb {plan.mem_gb:g}"
     )
 
 
@@ -186,6 +235,7 @@ def run(
     # held up behind the big ones, and a run that is stopped early (it resumes) covers the most.
     queue = deque(sorted(plans, key=lambda p: (p.exclusive, sizes[p.name], p.name)))
     running: list[_Running] = []
+    first_oom: dict[str, str] = {}  # what the first run of an escalated model said
     written = 0
     ctx = _context()
     with RowWriter(out, columns) as writer:
@@ -210,7 +260,7 @@ def run(
         if use_ray:
             from .ray_pool import run_on_ray
 
-            run_on_ray(list(queue), limits.small, cast(ProbeFn, probe_fn), method_ids, emit)
+            run_on_ray(list(queue), limits.small, cast(ProbeFn, probe_fn), method_ids, emit, limits)
             return written
         while queue or running:
             while queue and _can_start(queue[0], running, limits.jobs):
@@ -226,9 +276,23 @@ def run(
                 send.close()
                 running.append(_Running(plan, proc, receive, time.monotonic()))
             if running:
-                for row in _collect(running, method_ids):
-                    emit(row)
+                for plan, row in _collect(running, method_ids):
+                    oom = out_of_memory(row, method_ids)
+                    again = escalate(plan, limits) if oom else None
+                    if again is not None:  # its row waits for the rerun (a stopped run resumes it)
+                        first_oom[plan.name] = oom
+                        queue.append(again)  # behind the rest, as the exclusive plans are
+                    else:
+                        emit(with_escalation_note(plan, row, first_oom.get(plan.name, "")))
     return written
+
+
+def with_escalation_note(plan: Plan, row: dict[str, object], first: str) -> dict[str, object]:
+    """`row`, its ``error`` led by `escalation_note` when `plan` is a rerun after running out of memory."""
+    if not plan.escalated_from:
+        return row
+    error = "; ".join(str(e) for e in (escalation_note(plan, first), row.get("error")) if e)
+    return {**row, "error": error}
 
 
 def run_one(plan: Plan, small: int, probe_fn: ProbeFn, method_ids: list[str]) -> dict[str, object]:
@@ -243,7 +307,7 @@ def run_one(plan: Plan, small: int, probe_fn: ProbeFn, method_ids: list[str]) ->
     while True:
         rows = _collect(running, method_ids)
         if rows:
-            return rows[0]
+            return rows[0][1]
 
 
 def _can_start(plan: Plan, running: list[_Running], jobs: int) -> bool:
@@ -254,8 +318,8 @@ def _can_start(plan: Plan, running: list[_Running], jobs: int) -> bool:
     return not running if plan.exclusive else len(running) < jobs
 
 
-def _collect(running: list[_Running], method_ids: list[str]) -> list[dict[str, object]]:
-    """Wait until a model finishes or times out; its rows (and remove it from `running`)."""
+def _collect(running: list[_Running], method_ids: list[str]) -> list[tuple[Plan, dict[str, object]]]:
+    """Wait until a model finishes or times out; its plan and row (and remove it from `running`)."""
     now = time.monotonic()
     wait_s = max(0.0, min(r.start + r.plan.timeout - now for r in running))
     ready = set(mpc.wait([r.conn for r in running] + [r.proc.sentinel for r in running], timeout=wait_s))
@@ -290,7 +354,7 @@ def _collect(running: list[_Running], method_ids: list[str]) -> list[dict[str, o
             r.conn.close()
             running.remove(r)
             row.setdefault("t_total", round(time.monotonic() - r.start, 2))
-            rows.append(row)
+            rows.append((r.plan, row))
     return rows
 
 

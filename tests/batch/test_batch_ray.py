@@ -4,6 +4,7 @@ the sweep's Ray test lives here too rather than in tests/sweep/."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 from pathlib import Path
@@ -137,9 +138,15 @@ def test_sweep_on_ray_gives_the_local_pool_rows(ray_session, tmp_path, capsys):
 
 
 def fake_probe(name: str, small: int, dtype: torch.dtype) -> dict:
-    """Runs in the model's process under a Ray worker: 'crash' dies by SIGKILL, others succeed."""
+    """Runs in the model's process under a Ray worker: 'crash' dies by SIGKILL, 'greedy' maps
+    2 GiB (MemoryError under a lower cap), others succeed."""
     if name == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
+    if name == "greedy":
+        try:
+            mmap.mmap(-1, 2 * 2**30).close()
+        except OSError as exc:
+            raise MemoryError(f"cannot map 2 GiB: {exc}") from exc
     return {"name": name, "family": "fake", "cam": "ok", "cam_note": ""}
 
 
@@ -152,9 +159,15 @@ def test_sweep_on_ray_reports_a_crash_and_a_model_too_big_for_any_node(ray_sessi
         Plan("crash", "float32", 4.0, 60.0, False, 1, need_gb=0.5),
         Plan("fine", "float32", 4.0, 60.0, False, 1, need_gb=0.5),
         Plan("huge", "float32", 4.0, 60.0, False, 1, need_gb=10_000.0),
+        Plan("greedy", "float32", 1.75, 60.0, False, 1, need_gb=0.5),
     ]
-    run_on_ray(plans, 64, fake_probe, ["cam"], rows.append)
+    run_on_ray(plans, 64, fake_probe, ["cam"], rows.append, Limits(60, 1.75, 4, 1))
     by_name = {r["name"]: r for r in rows}
-    assert by_name["fine"]["cam"] == "ok"
-    assert by_name["crash"]["cam"] == "failed" and "killed by SIGKILL" in by_name["crash"]["error"]
+    assert len(rows) == 4 and by_name["fine"]["cam"] == "ok"
+    # Its cap was already --big-mem-gb: no rerun.
+    crash = by_name["crash"]
+    assert crash["cam"] == "failed" and crash["error"].startswith("crashed: killed by SIGKILL")
     assert "more than any Ray node offers" in by_name["huge"]["error"]
+    # Out of its 1.75 GiB: submitted again under --big-mem-gb 4, which holds it.
+    assert by_name["greedy"]["cam"] == "ok"
+    assert by_name["greedy"]["error"].startswith("ran out of the 1.75 GiB cap (probe raised MemoryError")

@@ -110,6 +110,8 @@ def test_hang_and_crash_cost_one_row_each(tmp_path):
     assert rows["fine"]["grad_cam"] == "ok"
     assert rows["hang"]["grad_cam"] == "failed" and "timeout after 5 s" in rows["hang"]["error"]
     assert rows["crash"]["grad_cam"] == "failed" and "SIGKILL" in rows["crash"]["error"]
+    # Killed by SIGKILL may be the kernel's OOM killer: rerun once alone, then written as failed.
+    assert rows["crash"]["error"].startswith("ran out of the 4 GiB cap (crashed: killed by SIGKILL")
     assert all(rows[n][f"{m}_note"] for n in ("hang", "crash") for m in METHOD_IDS)
 
 
@@ -120,6 +122,43 @@ def test_memory_cap_is_enforced_in_the_child(tmp_path, mem_gb, expected):
     # A cap of 1.75 GiB still fits the plan's 1 GiB overhead for a model of 0 parameters.
     rows = _sweep(tmp_path, ["hog"], fake_by_name, Limits(timeout=60, mem_gb=mem_gb, big_mem_gb=8))
     assert rows[0]["error"] == expected
+
+
+def fake_greedy(name: str, small: int, dtype: torch.dtype, methods: list[str] | None = None) -> dict:
+    """'greedy*' needs 2 GiB of address space (MemoryError under a lower cap); others need none."""
+    row = fake_some(name, small, dtype, methods)
+    if name.startswith("greedy"):
+        try:
+            with mmap.mmap(-1, 2 * 2**30) as block:
+                row["error"] = f"{row['error']}, mapped {len(block)} bytes"
+        except OSError as exc:
+            raise MemoryError(f"cannot map 2 GiB: {exc}") from exc
+    return row
+
+
+def test_a_model_out_of_memory_is_rerun_alone_under_the_big_cap(tmp_path):
+    path = tmp_path / "s.csv"
+    run_sweep(names=["greedy", "fine"], out=path, limits=Limits(60, 1.75, 4, 2), probe_fn=fake_greedy)
+    rows = {r["name"]: r for r in read_rows(path)}
+    assert rows["fine"]["error"] == "ran all"
+    greedy = rows["greedy"]
+    assert all(greedy[m] == "ok" for m in METHOD_IDS)
+    assert greedy["error"].startswith("ran out of the 1.75 GiB cap (probe raised MemoryError: cannot map")
+    assert greedy["error"].endswith("rerun alone under --big-mem-gb 4; ran all, mapped 2147483648 bytes")
+    # A top-up that runs out of memory keeps to its methods on the rerun.
+    _drop_method(path, "score_cam")
+    run_sweep(names=["greedy", "fine"], out=path, limits=Limits(60, 1.75, 4, 2), probe_fn=fake_greedy)
+    rows = {r["name"]: r for r in read_rows(path)}
+    assert rows["greedy"]["score_cam"] == "ok" and rows["fine"]["score_cam"] == "ok"
+    assert rows["greedy"]["error"].endswith(
+        "rerun alone under --big-mem-gb 4; ran score_cam, mapped 2147483648 bytes"
+    )
+
+
+def test_out_of_memory_with_no_bigger_cap_is_written_as_failed(tmp_path):
+    rows = _sweep(tmp_path, ["greedy"], fake_greedy, Limits(60, 1.75, 1.75, 2))
+    assert all(rows[0][m] == "failed" for m in METHOD_IDS)
+    assert rows[0]["error"].startswith("probe raised MemoryError: cannot map 2 GiB")
 
 
 def fake_some(name: str, small: int, dtype: torch.dtype, methods: list[str] | None = None) -> dict:
