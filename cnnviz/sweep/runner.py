@@ -107,9 +107,12 @@ OUT_OF_MEMORY = (
 
 
 def out_of_memory(row: dict[str, object], method_ids: list[str]) -> str:
-    """The first sign in `row` that its model ran out of memory ('' when there is none)."""
-    texts = [str(row.get("error") or "")]
-    texts += [str(row.get(f"{m}_note") or "") for m in method_ids if row.get(m) == "failed"]
+    """The first sign in `row` that a failed method of its model ran out of memory ('' when there
+    is none: a row whose methods all passed, one by one after running out together, is kept)."""
+    failed = [str(row.get(f"{m}_note") or "") for m in method_ids if row.get(m) == "failed"]
+    if not failed:
+        return ""
+    texts = [str(row.get("error") or ""), *failed]
     for text in texts:
         if any(sign in text for sign in OUT_OF_MEMORY):
             return text

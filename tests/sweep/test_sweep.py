@@ -155,6 +155,19 @@ def test_a_model_out_of_memory_is_rerun_alone_under_the_big_cap(tmp_path):
     )
 
 
+def test_out_of_memory_is_read_from_failed_methods_only():
+    from cnnviz.sweep.runner import out_of_memory
+
+    oom = "all methods together: RuntimeError: DefaultCPUAllocator: can't allocate memory; one by one"
+    passed = {"error": oom, **{m: "ok" for m in METHOD_IDS}}
+    assert out_of_memory(passed, METHOD_IDS) == ""  # every method passed one by one: nothing to rerun
+    assert out_of_memory({**passed, "cam": "failed", "cam_note": "check: not finite"}, METHOD_IDS) == oom
+    note = "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
+    assert out_of_memory({**passed, "error": "", "cam": "failed", "cam_note": note}, METHOD_IDS) == note
+    other = {**passed, "error": "", "cam": "failed", "cam_note": "check: constant"}
+    assert out_of_memory(other, METHOD_IDS) == ""
+
+
 def test_out_of_memory_with_no_bigger_cap_is_written_as_failed(tmp_path):
     rows = _sweep(tmp_path, ["greedy"], fake_greedy, Limits(60, 1.75, 1.75, 2))
     assert all(rows[0][m] == "failed" for m in METHOD_IDS)
