@@ -21,7 +21,6 @@ from .runner import (
     ProbeFn,
     escalate,
     failed_row,
-    out_of_memory,
     run_one,
     with_escalation_note,
 )
@@ -46,7 +45,6 @@ def run_on_ray(
     node_memory = largest_node_memory(ray)
     task = ray.remote(run_one)
     pending = {}
-    first_oom: dict[str, str] = {}
 
     def submit(plan: Plan) -> bool:
         """Whether `plan` went to Ray (False: its row is emitted here, as not run)."""
@@ -80,10 +78,8 @@ def run_on_ray(
                     f"ray task failed: {type(exc).__name__}: {lines[0] if lines else ''}"[:300],
                     method_ids,
                 )
-            oom = out_of_memory(row, method_ids) if limits else ""
-            again = escalate(plan, limits) if limits and oom else None
+            again = escalate(plan, row, method_ids, limits) if limits else None
             if again is not None and int(again.need_gb * GIB) <= node_memory:
-                first_oom[plan.name] = oom
                 submit(again)
             else:
-                emit(with_escalation_note(plan, row, first_oom.get(plan.name, "")))
+                emit(with_escalation_note(plan, row))

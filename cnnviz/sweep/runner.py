@@ -75,6 +75,8 @@ class Plan:
     """Only these methods (a row that lacks them: methods added since it was written); None: all."""
     escalated_from: float = 0.0
     """The cap (GiB) of the run that ran out of memory, when this is its rerun (`escalate`)."""
+    first_error: str = ""
+    """What that run said (its out-of-memory sign), for the rerun's row."""
 
 
 def plan_for(name: str, params: int, limits: Limits) -> Plan:
@@ -119,10 +121,13 @@ def out_of_memory(row: dict[str, object], method_ids: list[str]) -> str:
     return ""
 
 
-def escalate(plan: Plan, limits: Limits) -> Plan | None:
-    """The plan to run a model again with after it ran out of memory: alone, under
-    ``--big-mem-gb``, 4x the timeout, all threads. None when it already had that much."""
+def escalate(plan: Plan, row: dict[str, object], method_ids: list[str], limits: Limits) -> Plan | None:
+    """The plan to run a model again with when `row` says it ran out of memory: alone, under
+    ``--big-mem-gb``, 4x the timeout, all threads. None when it did not, or already had that much."""
     if plan.exclusive or plan.refusal or limits.big_mem_gb <= plan.mem_gb:
+        return None
+    oom = out_of_memory(row, method_ids)
+    if not oom:
         return None
     return replace(
         plan,
@@ -132,14 +137,7 @@ def escalate(plan: Plan, limits: Limits) -> Plan | None:
         threads=limits.jobs,
         need_gb=max(plan.need_gb, limits.big_mem_gb),
         escalated_from=plan.mem_gb,
-    )
-
-
-def escalation_note(plan: Plan, first: str) -> str:
-    """What a retried model's row says about its first run."""
-    return (
-        f"ran out of the {plan.escalated_from:g} GiB cap ({first[:120]}); "
-        f"rerun alone under --big-mem-gb {plan.mem_gb:g}"
+        first_error=oom,
     )
 
 
@@ -238,7 +236,6 @@ def run(
     # held up behind the big ones, and a run that is stopped early (it resumes) covers the most.
     queue = deque(sorted(plans, key=lambda p: (p.exclusive, sizes[p.name], p.name)))
     running: list[_Running] = []
-    first_oom: dict[str, str] = {}  # what the first run of an escalated model said
     written = 0
     ctx = _context()
     with RowWriter(out, columns) as writer:
@@ -280,21 +277,24 @@ def run(
                 running.append(_Running(plan, proc, receive, time.monotonic()))
             if running:
                 for plan, row in _collect(running, method_ids):
-                    oom = out_of_memory(row, method_ids)
-                    again = escalate(plan, limits) if oom else None
+                    again = escalate(plan, row, method_ids, limits)
                     if again is not None:  # its row waits for the rerun (a stopped run resumes it)
-                        first_oom[plan.name] = oom
                         queue.append(again)  # behind the rest, as the exclusive plans are
                     else:
-                        emit(with_escalation_note(plan, row, first_oom.get(plan.name, "")))
+                        emit(with_escalation_note(plan, row))
     return written
 
 
-def with_escalation_note(plan: Plan, row: dict[str, object], first: str) -> dict[str, object]:
-    """`row`, its ``error`` led by `escalation_note` when `plan` is a rerun after running out of memory."""
+def with_escalation_note(plan: Plan, row: dict[str, object]) -> dict[str, object]:
+    """`row`, its ``error`` led by what the first run hit when `plan` is a rerun after running out
+    of memory (`escalate`)."""
     if not plan.escalated_from:
         return row
-    error = "; ".join(str(e) for e in (escalation_note(plan, first), row.get("error")) if e)
+    note = (
+        f"ran out of the {plan.escalated_from:g} GiB cap ({plan.first_error[:120]}); "
+        f"rerun alone under --big-mem-gb {plan.mem_gb:g}"
+    )
+    error = "; ".join(str(e) for e in (note, row.get("error")) if e)
     return {**row, "error": error}
 
 
