@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Callable
 
 import timm
 import torch
+from _timing import interleaved_medians
 
 import cnnviz
 
@@ -126,16 +125,9 @@ def bench_model(name: str, rounds: int, size: int) -> dict[str, float]:
             model(x)
 
     runs = {"forward (inference_mode)": forward, **cases(model, x)}
-    for fn in runs.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for k, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    base = statistics.median(times["forward (inference_mode)"])
-    return {"base_ms": base * 1e3, **{k: statistics.median(v) / base for k, v in times.items()}}
+    med = interleaved_medians(runs, rounds)
+    base = med["forward (inference_mode)"]
+    return {"base_ms": base * 1e3, **{k: v / base for k, v in med.items()}}
 
 
 def _in_fresh_process(model: str, args: argparse.Namespace) -> dict[str, float]:

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Callable
 
 import timm
 import torch
+from _timing import interleaved_medians
 
 import cnnviz
 from cnnviz.methods.paths import make_baseline, quadrature, standard_noise
@@ -109,15 +108,7 @@ def bench_model(name: str, rounds: int, size: int, n: int, steps: int, bs: int) 
     x = torch.randn(1, 3, size, size)
     cnnviz.inspect(model)  # the anatomy is cached per model, as in an app
     runs = cases(model, x, n, steps, bs)
-    for fn in runs.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for k, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(runs, rounds)
     out = {f"{k} [s]": v for k, v in med.items()}
     for (row, against), label in RATIOS.items():
         ref = next((v for k, v in med.items() if k.startswith(against)), None)

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -27,6 +25,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's progress bars
 
 import timm
 import torch
+from _timing import interleaved_medians
 
 import cnnviz
 
@@ -82,13 +81,7 @@ def bench(name: str, size: int, rounds: int, batch: int) -> dict[str, float]:
         runs["torchcam ScoreCAM"] = tc
     except ImportError:
         print("torchcam not installed: its row is left out", file=sys.stderr)
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for k, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(runs, rounds, warm_up=False)  # the references take ~40 s a call
     print(
         f"{name} at {size} px, batch {batch}, {rounds} rounds: {channels} channels, {distinct} distinct masks"
     )
