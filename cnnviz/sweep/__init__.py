@@ -96,7 +96,7 @@ def run_sweep(
         use_ray: each model as a Ray task (`cnnviz.sweep.ray_pool`; ``RAY_ADDRESS`` or a local
             Ray) instead of a process of this machine's pool.
     """
-    from .probe import SWEEP_PARAMS, columns, versions
+    from .probe import SWEEP_PARAMS, columns, machine, versions
 
     limits = limits or Limits()
     explicit = names is not None
@@ -128,6 +128,7 @@ def run_sweep(
                 "pattern": this_pattern,
                 "jobs": limits.jobs,
                 "wall_s": round(wall, 1),
+                "machine": machine(),
             },
         ],
     }

@@ -88,6 +88,7 @@ def test_a_resumed_run_is_summarized_against_what_the_csv_covers(tmp_path):
     meta = json.loads(meta_path.read_text())
     assert meta["pattern"] == "resnet10t,resnet14t,resnet18" and meta["runs"][-1]["pattern"] == "resnet10t"
     assert len(meta["runs"]) == 2 and meta["runs"][0]["pattern"] is None
+    assert all(f"{os.cpu_count()} cores" in run["machine"] for run in meta["runs"])  # what timed it
     assert "2 models of 3 (partial)" in (tmp_path / "s.md").read_text()
     run_sweep(names=["x"], out=tmp_path / "t.csv", limits=FAST, probe_fn=fake_ok)
     assert "1 models, random weights" in (tmp_path / "t.md").read_text()  # a list covers itself
