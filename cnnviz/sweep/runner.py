@@ -15,6 +15,10 @@ The estimate from the parameter count misses models whose activations dominate (
 map, many tokens). A model that runs out of ``--mem-gb`` is therefore not written as failed: it
 goes to the end of the queue once more, alone, under ``--big-mem-gb`` and 4x the timeout, and
 its row's ``error`` says so (`escalate`).
+
+A model that fits only in bfloat16 is left for another machine when this CPU has no native
+bfloat16 matrix kernel (`fast_bfloat16`): there it would take hours instead of minutes. It gets
+no row, so the run that resumes the CSV on such a machine (or with ``slow_bfloat16``) takes it up.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class Limits:
     big_mem_gb: float = 16.0
     jobs: int = 1
     small: int = 160
+    slow_bfloat16: bool = False
+    """Run bfloat16 models here even when this CPU has no native bfloat16 matmul (`fast_bfloat16`)."""
 
     def __post_init__(self) -> None:
         for name in ("timeout", "mem_gb", "big_mem_gb", "jobs", "small"):
@@ -98,6 +104,27 @@ def plan_for(name: str, params: int, limits: Limits) -> Plan:
         f"above --big-mem-gb {limits.big_mem_gb:g}; rerun it with a larger --big-mem-gb",
         need_gb=need16,
     )
+
+
+def fast_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices with a native kernel (oneDNN's, which needs
+    AVX-512 or newer). Without one torch uses a reference kernel: measured on an AVX2 machine, 5x
+    float32's time for ``a @ b.T`` (a linear layer's forward) and 95x for ``a @ b`` (its input
+    gradient), so the 4.4B-parameter EVA-02 spent over 20 min in one forward and backward that
+    took 28 s on an AVX-512 machine."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: judge by the vector unit
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def left_for_bfloat16_machine(plans: list[Plan], limits: Limits) -> list[Plan]:
+    """The plans to leave for a machine with fast bfloat16 (`fast_bfloat16`): those that would run
+    in bfloat16 here, unless ``limits.slow_bfloat16`` says to run them anyway."""
+    slow = [p for p in plans if p.dtype == "bfloat16" and not p.refusal]
+    if not slow or limits.slow_bfloat16 or fast_bfloat16():
+        return []
+    return slow
 
 
 OUT_OF_MEMORY = (
@@ -210,8 +237,9 @@ def run(
     probe_fn: ProbeFn | None = None,
     retry_failed: bool = False,
     use_ray: bool = False,
-) -> int:
-    """Probe `names` into the CSV `out` (skipping names already there); returns rows written.
+) -> tuple[int, list[str]]:
+    """Probe `names` into the CSV `out` (skipping names already there); returns the rows written
+    and the names left for a machine with fast bfloat16 (`left_for_bfloat16_machine`).
 
     With `retry_failed`, names whose row has a failed method run again (their new row
     replaces the old one when the file is sorted). With `use_ray`, each model is a Ray task
@@ -232,6 +260,9 @@ def run(
     top_up = {n: tuple(missing[n]) for n in todo if n in rows and n not in retry and missing[n]}
     sizes = {n: param_count(n) for n in todo}
     plans = [replace(plan_for(n, sizes[n], limits), methods=top_up.get(n)) for n in todo]
+    # Ray's workers may be other machines: there Ray's resources decide, not this CPU.
+    left = [] if use_ray else [p.name for p in left_for_bfloat16_machine(plans, limits)]
+    plans = [p for p in plans if p.name not in left]
     # Smallest first and the ones that need the machine alone last: the many small models are not
     # held up behind the big ones, and a run that is stopped early (it resumes) covers the most.
     queue = deque(sorted(plans, key=lambda p: (p.exclusive, sizes[p.name], p.name)))
@@ -261,7 +292,7 @@ def run(
             from .ray_pool import run_on_ray
 
             run_on_ray(list(queue), limits.small, cast(ProbeFn, probe_fn), method_ids, emit, limits)
-            return written
+            return written, left
         while queue or running:
             while queue and _can_start(queue[0], running, limits.jobs):
                 plan = queue.popleft()
@@ -282,7 +313,7 @@ def run(
                         queue.append(again)  # behind the rest, as the exclusive plans are
                     else:
                         emit(with_escalation_note(plan, row))
-    return written
+    return written, left
 
 
 def with_escalation_note(plan: Plan, row: dict[str, object]) -> dict[str, object]:

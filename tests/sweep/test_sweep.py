@@ -22,7 +22,7 @@ import torch
 from conftest import input_for, make_model
 
 import cnnviz
-from cnnviz.sweep import Limits, run_sweep, select_names, smoke_models, summarize
+from cnnviz.sweep import Limits, run_sweep, runner, select_names, smoke_models, summarize
 from cnnviz.sweep.build import _patch_multiple, build, candidate_sizes, classifier_modules
 from cnnviz.sweep.probe import CAM_TOL, SWEEP_PARAMS, Context, check, columns, probe, run_methods
 from cnnviz.sweep.runner import plan_for
@@ -253,6 +253,41 @@ def test_memory_plan():
     assert (bigger.dtype, bigger.exclusive, bigger.refusal) == ("bfloat16", True, "")
     too_big = plan_for("m", 9_000_000_000, lim)
     assert "--big-mem-gb" in too_big.refusal and "GiB" in too_big.refusal
+
+
+# resnet18's 11.7 M parameters: 1.06 GiB by the plan's estimate in float32, 1.03 in bfloat16
+BF16_ONLY = Limits(timeout=60, mem_gb=0.5, big_mem_gb=1.05, jobs=2)
+
+
+def test_a_bfloat16_model_waits_for_a_machine_with_fast_bfloat16(tmp_path, monkeypatch):
+    assert plan_for("resnet18", 11_689_512, BF16_ONLY).dtype == "bfloat16"
+    monkeypatch.setattr(runner, "fast_bfloat16", lambda: False)
+    path = tmp_path / "s.csv"
+    first = run_sweep(names=["resnet18", "a"], out=path, limits=BF16_ONLY, probe_fn=fake_ok)
+    assert first.left_for_fast_bfloat16 == ["resnet18"] and first.written == 1
+    assert [r["name"] for r in read_rows(path)] == ["a"]  # no row: a later run takes it up
+    meta = json.loads(path.with_suffix(".meta.json").read_text())
+    assert meta["runs"][-1]["left_for_fast_bfloat16"] == ["resnet18"]
+    assert "1 models of 2 (partial)" in (tmp_path / "s.md").read_text()
+    anyway = run_sweep(
+        names=["resnet18", "a"], out=path, limits=replace(BF16_ONLY, slow_bfloat16=True), probe_fn=fake_ok
+    )
+    assert (anyway.written, anyway.left_for_fast_bfloat16) == (1, [])
+    assert [r["name"] for r in read_rows(path)] == ["a", "resnet18"]
+    path.unlink()
+    monkeypatch.setattr(runner, "fast_bfloat16", lambda: True)  # a machine that has one runs it
+    fast = run_sweep(names=["resnet18"], out=path, limits=BF16_ONLY, probe_fn=fake_ok)
+    assert (fast.written, fast.left_for_fast_bfloat16) == (1, [])
+
+
+def test_fast_bfloat16_without_onednn_reads_the_vector_unit(monkeypatch):
+    def no_onednn():
+        raise RuntimeError("no such operator mkldnn::_is_mkldnn_bf16_supported")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", no_onednn)
+    for unit, fast in (("AVX512", True), ("AVX2", False), ("DEFAULT", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda unit=unit: unit)
+        assert runner.fast_bfloat16() is fast
 
 
 def test_select_names():
