@@ -208,6 +208,7 @@ def test_a_new_method_adds_its_columns_and_runs_only_itself(tmp_path):
     assert rows["b"][new] == "" and rows["b"]["error"] == "ran all"
     summary = summarize(path)
     assert re.search(rf"\| `{new}` \| 1 \| 0 \| 0 \| 1 \|", summary), summary  # ok 1, not run 1
+    assert "row lacks methods added since it was written: 1 (b);" in summary
     again = run_sweep(names=["a", "b", "c"], out=path, limits=FAST, probe_fn=fake_some)
     assert again.written == 2  # b (the new method only) and c (everything)
     rows = {r["name"]: r for r in read_rows(path)}
@@ -215,6 +216,7 @@ def test_a_new_method_adds_its_columns_and_runs_only_itself(tmp_path):
     assert rows["b"][f"{METHOD_IDS[0]}_note"] == f"new {METHOD_IDS[0]}"  # the old cells kept
     assert rows["c"]["error"] == "ran all"
     assert read_header(path) == columns()
+    assert "lacks methods" not in summarize(path)
 
 
 @pytest.mark.slow
@@ -268,12 +270,15 @@ def test_a_bfloat16_model_waits_for_a_machine_with_fast_bfloat16(tmp_path, monke
     assert [r["name"] for r in read_rows(path)] == ["a"]  # no row: a later run takes it up
     meta = json.loads(path.with_suffix(".meta.json").read_text())
     assert meta["runs"][-1]["left_for_fast_bfloat16"] == ["resnet18"]
-    assert "1 models of 2 (partial)" in (tmp_path / "s.md").read_text()
+    md = (tmp_path / "s.md").read_text()
+    assert "1 models of 2 (partial)" in md
+    assert re.search(r"Left for a machine with a native bfloat16 matmul .*AVX-512.*: resnet18\.", md)
     anyway = run_sweep(
         names=["resnet18", "a"], out=path, limits=replace(BF16_ONLY, slow_bfloat16=True), probe_fn=fake_ok
     )
     assert (anyway.written, anyway.left_for_fast_bfloat16) == (1, [])
     assert [r["name"] for r in read_rows(path)] == ["a", "resnet18"]
+    assert "Left for a machine" not in (tmp_path / "s.md").read_text()  # it has its row now
     path.unlink()
     monkeypatch.setattr(runner, "fast_bfloat16", lambda: True)  # a machine that has one runs it
     fast = run_sweep(names=["resnet18"], out=path, limits=BF16_ONLY, probe_fn=fake_ok)
