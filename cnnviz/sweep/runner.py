@@ -110,8 +110,8 @@ def fast_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices with a native kernel (oneDNN's, which needs
     AVX-512 or newer). Without one torch uses a reference kernel: measured on an AVX2 machine, 5x
     float32's time for ``a @ b.T`` (a linear layer's forward) and 95x for ``a @ b`` (its input
-    gradient), so the 4.4B-parameter EVA-02 spent over 20 min in one forward and backward that
-    took 28 s on an AVX-512 machine."""
+    gradient): the 4.4B-parameter EVA-02 was still in one forward and backward after 20 min, where
+    its whole inspection took 28 s in an earlier sweep on a machine with such a kernel."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN: judge by the vector unit
