@@ -48,12 +48,6 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--summary", help="Markdown summary (default support/summary.md, else <out>.md)")
     p.add_argument(
-        "--slow-bfloat16",
-        action="store_true",
-        help="run the models that fit only in bfloat16 even on a CPU without a native bfloat16 "
-        "matmul (default: leave them for a machine that has one; here they take hours)",
-    )
-    p.add_argument(
         "--families-smoke",
         action="store_true",
         help="one small model per timm family (support/smoke_models.txt)",
@@ -78,7 +72,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         names = select_names(args.pattern, args.families_smoke)
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
-    limits = Limits(args.timeout, args.mem_gb, args.big_mem_gb, args.jobs, args.size, args.slow_bfloat16)
+    limits = Limits(args.timeout, args.mem_gb, args.big_mem_gb, args.jobs, args.size)
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -108,15 +102,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    left = result.left_for_fast_bfloat16
-    skipped = result.selected - result.written - len(left)
+    skipped = result.selected - result.written
     print(
         f"{result.written} models probed in {result.wall_s / 60:.1f} min, {skipped} already there; "
         f"{result.rows} rows in {result.csv}; summary {result.summary}"
     )
-    if left:
-        print(
-            f"{len(left)} left for a machine with a native bfloat16 matmul (AVX-512 or newer; this "
-            f"CPU would take hours; --slow-bfloat16 runs them anyway): {', '.join(left)}"
-        )
     return 0

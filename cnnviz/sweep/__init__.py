@@ -14,7 +14,7 @@ import datetime
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -71,8 +71,6 @@ class SweepResult:
     written: int
     rows: int
     wall_s: float
-    left_for_fast_bfloat16: list[str] = field(default_factory=list)
-    """Names that fit only in bfloat16, not run: this CPU has no native bfloat16 matmul."""
 
 
 def run_sweep(
@@ -106,7 +104,7 @@ def run_sweep(
     out = Path(out)
     cols = columns()
     t0 = time.monotonic()
-    written, left = run(names, out, limits, cols, on_row, probe_fn, retry_failed, use_ray)
+    written = run(names, out, limits, cols, on_row, probe_fn, retry_failed, use_ray)
     wall = time.monotonic() - t0
     total = finish(out, cols)
     meta_path = out.with_suffix(".meta.json")
@@ -131,7 +129,6 @@ def run_sweep(
                 "jobs": limits.jobs,
                 "wall_s": round(wall, 1),
                 "machine": machine(),
-                **({"left_for_fast_bfloat16": left} if left else {}),
             },
         ],
     }
@@ -149,4 +146,4 @@ def run_sweep(
             scope |= set(select_names(meta["pattern"], meta["families_smoke"]))
         missing = scope - {r["name"] for r in read_rows(out)}
         write_summary(out, md, expected=total + len(missing) if missing else None, meta=meta)
-    return SweepResult(out, md, len(names), written, total, wall, left)
+    return SweepResult(out, md, len(names), written, total, wall)

@@ -13,6 +13,7 @@ where a rectifier is present), whose measurements (``Method.measures``) are colu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -29,6 +30,7 @@ from cnnviz.methods.registry import Evidence
 from ..common import first_line, name_seed
 from .build import Built, build
 from .table import family_of, method_columns
+from .upcast import FLOAT32_COMPUTE, Float32Compute, fast_bfloat16, freeze
 
 CAM_TOL = 1e-4
 CAM_TOL_BF16 = 2e-2
@@ -52,18 +54,24 @@ def probe(
         "family": family_of(name),
         "dtype": str(dtype).removeprefix("torch."),
     }
-    try:
-        built = build(name, small, dtype)
-    except Exception as exc:
-        return _all_methods(row, "failed", f"build: {first_line(exc)}", t0, methods)
-    row.update(_build_columns(built))
-    row["t_build"] = round(time.perf_counter() - t0, 2)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        return _inspect_and_explain(row, built, dtype, t0, methods)
-    finally:
-        torch.set_default_dtype(previous)
+    # bfloat16 weights, float32 arithmetic where this CPU has no bfloat16 matmul of its own
+    upcast = dtype == torch.bfloat16 and not fast_bfloat16()
+    with Float32Compute() if upcast else contextlib.nullcontext():
+        try:
+            built = build(name, small, dtype)
+        except Exception as exc:
+            return _all_methods(row, "failed", f"build: {first_line(exc)}", t0, methods)
+        row.update(_build_columns(built))
+        if upcast:
+            freeze(built.module)
+            row["dtype"] = f"{row['dtype']} {FLOAT32_COMPUTE}"
+        row["t_build"] = round(time.perf_counter() - t0, 2)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            return _inspect_and_explain(row, built, dtype, t0, methods)
+        finally:
+            torch.set_default_dtype(previous)
 
 
 def _inspect_and_explain(

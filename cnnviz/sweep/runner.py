@@ -8,17 +8,14 @@ to its address space at start plus the model's budget.
 
 Models too large for ``--mem-gb`` in float32 (from their parameter count) run alone, with
 ``--big-mem-gb`` and 4x the timeout; when even that cannot hold them in float32 they run in
-bfloat16 (the CSV's ``dtype`` column says so), and when it cannot hold them at all the row says
-how much memory they would need.
+bfloat16 (the CSV's ``dtype`` column says so; on a CPU without a bfloat16 matmul of its own, with
+float32 arithmetic over the bfloat16 weights, `upcast`), and when it cannot hold them at all the
+row says how much memory they would need.
 
 The estimate from the parameter count misses models whose activations dominate (a wide final
 map, many tokens). A model that runs out of ``--mem-gb`` is therefore not written as failed: it
 goes to the end of the queue once more, alone, under ``--big-mem-gb`` and 4x the timeout, and
 its row's ``error`` says so (`escalate`).
-
-A model that fits only in bfloat16 is left for another machine when this CPU has no native
-bfloat16 matrix kernel (`fast_bfloat16`): there it would take hours instead of minutes. It gets
-no row, so the run that resumes the CSV on such a machine (or with ``slow_bfloat16``) takes it up.
 """
 
 from __future__ import annotations
@@ -30,7 +27,7 @@ import resource
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import cast
 
@@ -56,8 +53,6 @@ class Limits:
     big_mem_gb: float = 16.0
     jobs: int = 1
     small: int = 160
-    slow_bfloat16: bool = False
-    """Run bfloat16 models here even when this CPU has no native bfloat16 matmul (`fast_bfloat16`)."""
 
     def __post_init__(self) -> None:
         for name in ("timeout", "mem_gb", "big_mem_gb", "jobs", "small"):
@@ -104,27 +99,6 @@ def plan_for(name: str, params: int, limits: Limits) -> Plan:
         f"above --big-mem-gb {limits.big_mem_gb:g}; rerun it with a larger --big-mem-gb",
         need_gb=need16,
     )
-
-
-def fast_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices with a native kernel (oneDNN's, which needs
-    AVX-512 or newer). Without one torch uses a reference kernel: measured on an AVX2 machine, 5x
-    float32's time for ``a @ b.T`` (a linear layer's forward) and 95x for ``a @ b`` (its input
-    gradient): the 4.4B-parameter EVA-02 was still in one forward and backward after 20 min, where
-    its whole inspection took 28 s in an earlier sweep on a machine with such a kernel."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN: judge by the vector unit
-        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-
-
-def left_for_bfloat16_machine(plans: list[Plan], limits: Limits) -> list[Plan]:
-    """The plans to leave for a machine with fast bfloat16 (`fast_bfloat16`): those that would run
-    in bfloat16 here, unless ``limits.slow_bfloat16`` says to run them anyway."""
-    slow = [p for p in plans if p.dtype == "bfloat16" and not p.refusal]
-    if not slow or limits.slow_bfloat16 or fast_bfloat16():
-        return []
-    return slow
 
 
 OUT_OF_MEMORY = (
@@ -237,9 +211,8 @@ def run(
     probe_fn: ProbeFn | None = None,
     retry_failed: bool = False,
     use_ray: bool = False,
-) -> tuple[int, list[str]]:
-    """Probe `names` into the CSV `out` (skipping names already there); returns the rows written
-    and the names left for a machine with fast bfloat16 (`left_for_bfloat16_machine`).
+) -> int:
+    """Probe `names` into the CSV `out` (skipping names already there); returns rows written.
 
     With `retry_failed`, names whose row has a failed method run again (their new row
     replaces the old one when the file is sorted). With `use_ray`, each model is a Ray task
@@ -260,9 +233,6 @@ def run(
     top_up = {n: tuple(missing[n]) for n in todo if n in rows and n not in retry and missing[n]}
     sizes = {n: param_count(n) for n in todo}
     plans = [replace(plan_for(n, sizes[n], limits), methods=top_up.get(n)) for n in todo]
-    # Ray's workers may be other machines: there Ray's resources decide, not this CPU.
-    left = [] if use_ray else [p.name for p in left_for_bfloat16_machine(plans, limits)]
-    plans = [p for p in plans if p.name not in left]
     # Smallest first and the ones that need the machine alone last: the many small models are not
     # held up behind the big ones, and a run that is stopped early (it resumes) covers the most.
     queue = deque(sorted(plans, key=lambda p: (p.exclusive, sizes[p.name], p.name)))
@@ -278,7 +248,12 @@ def run(
                 cells = [c for m in top_up[name] for c in method_cells(m)]
                 new = {c: row[c] for c in cells if c in row}
                 error = " ".join(str(v) for v in (rows[name].get("error"), row.get("error")) if v)
-                row = {**rows[name], **new, "error": error}
+                row = {
+                    **rows[name],
+                    **new,
+                    "error": error,
+                    "dtype": topped_up_dtype(rows[name], row, top_up[name]),
+                }
             extra = sorted(set(row) - set(columns))
             if extra:  # a probe bug must not stop the run: keep the row, say what was dropped
                 row = {k: v for k, v in row.items() if k in columns}
@@ -292,7 +267,7 @@ def run(
             from .ray_pool import run_on_ray
 
             run_on_ray(list(queue), limits.small, cast(ProbeFn, probe_fn), method_ids, emit, limits)
-            return written, left
+            return written
         while queue or running:
             while queue and _can_start(queue[0], running, limits.jobs):
                 plan = queue.popleft()
@@ -313,7 +288,17 @@ def run(
                         queue.append(again)  # behind the rest, as the exclusive plans are
                     else:
                         emit(with_escalation_note(plan, row))
-    return written, left
+    return written
+
+
+def topped_up_dtype(old: Mapping[str, object], new: Mapping[str, object], methods: tuple[str, ...]) -> object:
+    """The ``dtype`` cell of a row topped up with `methods`: the old one, and how those methods ran
+    when that differs (bfloat16 with float32 arithmetic on a machine without a bfloat16 matmul)."""
+    before, now = old.get("dtype"), new.get("dtype")
+    if not now or now == before:
+        return before
+    n = len(methods)
+    return f"{before}, then {now} for {n} method{'s' if n != 1 else ''}"
 
 
 def with_escalation_note(plan: Plan, row: dict[str, object]) -> dict[str, object]:

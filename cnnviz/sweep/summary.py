@@ -114,7 +114,7 @@ def summarize(csv_path: str | os.PathLike, expected: int | None = None, meta: di
         lines.append(f"Costly methods ran with a light setting (whether they work, not how well): {light}.")
     cpu = sum(float(r["t_total"] or 0) for r in rows)
     lines += [f"Sum of per-model times: {cpu / 60:.1f} min.", ""]
-    lines += _outcome(rows, ids, meta)
+    lines += _outcome(rows, ids)
     lines += _facts(rows, ids)
     lines += ["## Methods", "", *_methods(rows, ids)]
     for m in ids:
@@ -126,7 +126,7 @@ def summarize(csv_path: str | os.PathLike, expected: int | None = None, meta: di
     return "\n".join(lines)
 
 
-def _outcome(rows: list[dict[str, str]], ids: list[str], meta: dict) -> list[str]:
+def _outcome(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
     """The claims the sweep exists to check, in numbers."""
     classifiers = [r for r in rows if r.get("num_classes") not in (None, "", "0")]
     lines = ["## Outcome", ""]
@@ -146,7 +146,9 @@ def _outcome(rows: list[dict[str, str]], ids: list[str], meta: dict) -> list[str
         worst = []
         for dtype in ("float32", "bfloat16"):
             errs = [
-                float(r["cam_err"]) for r in cam_ok if r.get("cam_err") and r.get("dtype", "float32") == dtype
+                float(r["cam_err"])
+                for r in cam_ok
+                if r.get("cam_err") and (r.get("dtype") or "float32").startswith(dtype)
             ]
             if errs:
                 worst.append(f"{max(errs):.1e} in {dtype}")
@@ -158,36 +160,25 @@ def _outcome(rows: list[dict[str, str]], ids: list[str], meta: dict) -> list[str
         )
     failed = [r for r in rows if any(r[m] == "failed" for m in ids)]
     lines.append(f"- Models with a failed method: {len(failed)}" + (" (see Failures)." if failed else "."))
-    return [*lines, *_not_run(rows, ids, meta), ""]
+    return [*lines, *_not_run(rows, ids), ""]
 
 
-def _not_run(rows: list[dict[str, str]], ids: list[str], meta: dict) -> list[str]:
-    """The models that still lack a method, and those that wait for a CPU with a native bfloat16
-    matmul (named by the runs that left them, `runner.left_for_bfloat16_machine`)."""
+def _not_run(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
+    """The models whose row still lacks a method (written before it was added)."""
     lacking = [r["name"] for r in rows if any(not r[m] for m in ids)]
-    complete = {r["name"] for r in rows} - set(lacking)
-    runs = meta.get("runs") or []
-    waiting = sorted({n for run in runs for n in run.get("left_for_fast_bfloat16") or []} - complete)
-    lines = []
-    if lacking:
-        shown = ", ".join(lacking[:12]) + (", ..." if len(lacking) > 12 else "")
-        lines.append(
-            f"- Models whose row lacks methods added since it was written: {len(lacking)} ({shown}); "
-            "`cnnviz sweep` on this CSV runs just those methods."
-        )
-    if waiting:
-        cpu = f" ({runs[-1]['machine']})" if runs[-1].get("machine") else ""
-        lines.append(
-            f"- Left for a machine with a native bfloat16 matmul (AVX-512 or newer), since they fit "
-            f"only in bfloat16 and would take hours on the CPU of the last run{cpu}: {', '.join(waiting)}."
-        )
-    return lines
+    if not lacking:
+        return []
+    shown = ", ".join(lacking[:12]) + (", ..." if len(lacking) > 12 else "")
+    return [
+        f"- Models whose row lacks methods added since it was written: {len(lacking)} ({shown}); "
+        "`cnnviz sweep` on this CSV runs just those methods."
+    ]
 
 
 def _facts(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
     heads = sum(r["head_added"] == "True" for r in rows)
     small = sum(bool(r["input_size"]) and r["input_size"] != r["native_size"] for r in rows)
-    bf16 = [r["name"] for r in rows if r["dtype"] == "bfloat16"]
+    bf16 = [r["name"] for r in rows if r["dtype"].startswith("bfloat16")]
     lines = [
         f"- {heads} models default to `num_classes=0` (feature towers) and were built with a "
         "1,000-class head, as a fine-tune would (`head_added`).",

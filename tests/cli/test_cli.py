@@ -74,17 +74,6 @@ def test_model_typo_gets_close_matches_and_exit_2(capsys):
     assert "resnt18" in line and "resnet18" in line
 
 
-def test_sweep_says_which_models_wait_for_fast_bfloat16(capsys, tmp_path, monkeypatch):
-    import cnnviz.sweep.runner
-
-    monkeypatch.setattr(cnnviz.sweep.runner, "fast_bfloat16", lambda: False)
-    # under these caps resnet18 fits only in bfloat16: it is left, not run (nothing is built)
-    argv = ("sweep", "resnet18", "--mem-gb", "0.5", "--big-mem-gb", "1.05", "--out", str(tmp_path / "s.csv"))
-    code, out, _ = run(capsys, *argv)
-    assert code == 0 and "0 models probed" in out and "0 already there" in out
-    assert "1 left for a machine with a native bfloat16 matmul" in out and out.rstrip().endswith("resnet18")
-
-
 def test_sweep_pattern_that_matches_nothing_is_a_usage_error(capsys, tmp_path):
     code, _, err = run(capsys, "sweep", "resnett18", "--out", str(tmp_path / "s.csv"))
     assert code == 2

@@ -22,7 +22,7 @@ import torch
 from conftest import input_for, make_model
 
 import cnnviz
-from cnnviz.sweep import Limits, run_sweep, runner, select_names, smoke_models, summarize
+from cnnviz.sweep import Limits, run_sweep, select_names, smoke_models, summarize
 from cnnviz.sweep.build import _patch_multiple, build, candidate_sizes, classifier_modules
 from cnnviz.sweep.probe import CAM_TOL, SWEEP_PARAMS, Context, check, columns, probe, run_methods
 from cnnviz.sweep.runner import plan_for
@@ -181,6 +181,8 @@ def fake_some(name: str, small: int, dtype: torch.dtype, methods: list[str] | No
     for m in methods or METHOD_IDS:
         row[m], row[f"{m}_note"] = "ok", f"new {m}"
     row["error"] = f"ran {','.join(methods) if methods else 'all'}"
+    # as if b's top-up had run on a machine without a bfloat16 matmul
+    row["dtype"] = "bfloat16 (float32 compute)" if methods and name == "b" else "float32"
     return row
 
 
@@ -215,6 +217,8 @@ def test_a_new_method_adds_its_columns_and_runs_only_itself(tmp_path):
     assert rows["b"][new] == "ok" and rows["b"]["error"] == f"ran all ran {new}"
     assert rows["b"][f"{METHOD_IDS[0]}_note"] == f"new {METHOD_IDS[0]}"  # the old cells kept
     assert rows["c"]["error"] == "ran all"
+    assert rows["a"]["dtype"] == rows["c"]["dtype"] == "float32"  # topped up as it first ran
+    assert rows["b"]["dtype"] == "float32, then bfloat16 (float32 compute) for 1 method"
     assert read_header(path) == columns()
     assert "lacks methods" not in summarize(path)
 
@@ -257,44 +261,6 @@ def test_memory_plan():
     assert "--big-mem-gb" in too_big.refusal and "GiB" in too_big.refusal
 
 
-# resnet18's 11.7 M parameters: 1.06 GiB by the plan's estimate in float32, 1.03 in bfloat16
-BF16_ONLY = Limits(timeout=60, mem_gb=0.5, big_mem_gb=1.05, jobs=2)
-
-
-def test_a_bfloat16_model_waits_for_a_machine_with_fast_bfloat16(tmp_path, monkeypatch):
-    assert plan_for("resnet18", 11_689_512, BF16_ONLY).dtype == "bfloat16"
-    monkeypatch.setattr(runner, "fast_bfloat16", lambda: False)
-    path = tmp_path / "s.csv"
-    first = run_sweep(names=["resnet18", "a"], out=path, limits=BF16_ONLY, probe_fn=fake_ok)
-    assert first.left_for_fast_bfloat16 == ["resnet18"] and first.written == 1
-    assert [r["name"] for r in read_rows(path)] == ["a"]  # no row: a later run takes it up
-    meta = json.loads(path.with_suffix(".meta.json").read_text())
-    assert meta["runs"][-1]["left_for_fast_bfloat16"] == ["resnet18"]
-    md = (tmp_path / "s.md").read_text()
-    assert "1 models of 2 (partial)" in md
-    assert re.search(r"Left for a machine with a native bfloat16 matmul .*AVX-512.*: resnet18\.", md)
-    anyway = run_sweep(
-        names=["resnet18", "a"], out=path, limits=replace(BF16_ONLY, slow_bfloat16=True), probe_fn=fake_ok
-    )
-    assert (anyway.written, anyway.left_for_fast_bfloat16) == (1, [])
-    assert [r["name"] for r in read_rows(path)] == ["a", "resnet18"]
-    assert "Left for a machine" not in (tmp_path / "s.md").read_text()  # it has its row now
-    path.unlink()
-    monkeypatch.setattr(runner, "fast_bfloat16", lambda: True)  # a machine that has one runs it
-    fast = run_sweep(names=["resnet18"], out=path, limits=BF16_ONLY, probe_fn=fake_ok)
-    assert (fast.written, fast.left_for_fast_bfloat16) == (1, [])
-
-
-def test_fast_bfloat16_without_onednn_reads_the_vector_unit(monkeypatch):
-    def no_onednn():
-        raise RuntimeError("no such operator mkldnn::_is_mkldnn_bf16_supported")
-
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", no_onednn)
-    for unit, fast in (("AVX512", True), ("AVX2", False), ("DEFAULT", False)):
-        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda unit=unit: unit)
-        assert runner.fast_bfloat16() is fast
-
-
 def test_select_names():
     assert select_names("resnet18,resnet10t") == ["resnet10t", "resnet18"]
     assert len(select_names()) == len(timm.list_models())
@@ -330,6 +296,8 @@ def test_summary_of_a_partial_csv(tmp_path):
             **ok,
             "name": "net_c",
             "error": "all methods together: RuntimeError: boom; methods run one by one",
+            "dtype": "bfloat16 (float32 compute)",
+            "cam_err": 3e-3,
         }
         w.write(ok)
         w.write(bad)
@@ -345,6 +313,8 @@ def test_summary_of_a_partial_csv(tmp_path):
     assert "| 1 | class-token pooling |" in md
     assert "| fam1 | 2 | NCHW 2 | 2 | 2 | 0 |" in md
     assert "| fam2 | 1 | tokens 1 | 0 | 0 | 1 |" in md
+    assert "largest relative error 3.0e-03 in bfloat16;" in md  # with float32 arithmetic too
+    assert "- Run in bfloat16 (too large for the memory cap in float32): net_c;" in md
 
 
 # ---------------------------------------------------------------- building and checking one model
