@@ -69,13 +69,18 @@ def probe(
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:
-            return _inspect_and_explain(row, built, dtype, t0, methods)
+            return _inspect_and_explain(row, built, dtype, t0, methods, UPCAST_BATCH if upcast else None)
         finally:
             torch.set_default_dtype(previous)
 
 
 def _inspect_and_explain(
-    row: dict[str, object], built: Built, dtype: torch.dtype, t0: float, methods: list[str] | None = None
+    row: dict[str, object],
+    built: Built,
+    dtype: torch.dtype,
+    t0: float,
+    methods: list[str] | None = None,
+    batch_size: int | None = None,
 ) -> dict[str, object]:
     t1 = time.perf_counter()
     try:
@@ -90,7 +95,7 @@ def _inspect_and_explain(
     t2 = time.perf_counter()
     gen = torch.Generator().manual_seed(name_seed(str(row["name"])) + 2)
     x = torch.randn(1, *built.input_size, generator=gen, dtype=torch.float32).to(dtype)
-    row.update(run_methods(built.module, x, anatomy, dtype, methods))
+    row.update(run_methods(built.module, x, anatomy, dtype, methods, batch_size))
     row["t_explain"] = round(time.perf_counter() - t2, 2)
     row["t_total"] = round(time.perf_counter() - t0, 2)
     row["peak_rss_mb"] = peak_rss_mb()
@@ -156,9 +161,19 @@ SWEEP_PARAMS: dict[str, dict[str, object]] = {
 }
 
 
-def sweep_params(ids: list[str]) -> dict[str, dict[str, object]]:
-    """`SWEEP_PARAMS` of the methods in `ids` (explain refuses parameters of methods not run)."""
-    return {m: p for m, p in SWEEP_PARAMS.items() if m in ids}
+# Under float32 compute (`upcast`) activations and the tensors saved for backward take twice
+# the memory of a bfloat16 run's, beside weights that already fill most of the cap: the batched
+# methods then push one sample at a time, which gives the same result (a batch equals its
+# singles, tests/methods). Measured: vit_5b_patch16_sapiens2's top-up with the batches above
+# passed 21 GB and ran out of its 20 GiB cap.
+UPCAST_BATCH = 1
+
+
+def sweep_params(ids: list[str], batch_size: int | None = None) -> dict[str, dict[str, object]]:
+    """`SWEEP_PARAMS` of the methods in `ids` (explain refuses parameters of methods not run),
+    with every ``batch_size`` set to `batch_size` when one is given."""
+    size = {} if batch_size is None else {"batch_size": batch_size}
+    return {m: {**p, **size} for m, p in SWEEP_PARAMS.items() if m in ids}
 
 
 def run_methods(
@@ -167,9 +182,11 @@ def run_methods(
     anatomy: cnnviz.Anatomy,
     dtype: torch.dtype = torch.float32,
     methods: list[str] | None = None,
+    batch_size: int | None = None,
 ) -> dict[str, object]:
     """Registered methods (all, or `methods`) on `x`: all at once (shared passes), one by one if
-    that raises. Each result passes the generic checks and its method's own `verify`."""
+    that raises. Each result passes the generic checks and its method's own `verify`. The
+    batched methods run with `SWEEP_PARAMS`, their batches of `batch_size` when it is given."""
     ids = [m.id for m in cnnviz.list_methods()] if methods is None else list(methods)
     run = list(ids)
     for m in ids:  # what a method's check compares with runs too (its columns are not written)
@@ -177,14 +194,16 @@ def run_methods(
     out: dict[str, object] = {}
     results: dict[str, cnnviz.Explanation | Exception]
     try:
-        ex = cnnviz.explain(model, x, methods=run, strict=False, params=sweep_params(run))
+        ex = cnnviz.explain(model, x, methods=run, strict=False, params=sweep_params(run, batch_size))
         results = {i: ex for i in run}
     except Exception as exc:
         out["error"] = f"all methods together: {first_line(exc)}; methods run one by one"
         results = {}
         for i in run:
             try:
-                results[i] = cnnviz.explain(model, x, methods=[i], strict=False, params=sweep_params([i]))
+                results[i] = cnnviz.explain(
+                    model, x, methods=[i], strict=False, params=sweep_params([i], batch_size)
+                )
             except Exception as one:
                 results[i] = one
     tol = CAM_TOL if dtype == torch.float32 else CAM_TOL_BF16

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .table import STATUSES, read_rows
+from .upcast import FLOAT32_COMPUTE
 
 
 def method_ids_of(rows: list[dict[str, str]]) -> list[str]:
@@ -191,6 +192,12 @@ def _facts(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
             f"- Run in bfloat16 (too large for the memory cap in float32): {', '.join(bf16)}; their "
             "CAM exactness is judged at bfloat16 precision, which can refuse CAM on a head that is "
             "exact in float32."
+        )
+    upcast = [f"{r['name']} ({r['dtype']})" for r in rows if FLOAT32_COMPUTE in r["dtype"]]
+    if upcast:
+        lines.append(
+            "- Of those, run with float32 arithmetic over the bfloat16 weights, on a CPU without a "
+            f"bfloat16 matmul of its own (`cnnviz/sweep/upcast.py`): {', '.join(upcast)}."
         )
     return [*lines, ""]
 

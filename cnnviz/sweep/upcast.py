@@ -14,7 +14,9 @@ one layer's copy at a time.
 
 The weights are the model's bfloat16 weights, exactly; what changes is the rounding of the
 arithmetic (float32 instead of bfloat16), so results are closer to a float32 model's than a
-bfloat16 run's are.
+bfloat16 run's are. The activations (and what autograd saves of them) are float32, twice a
+bfloat16 run's memory, so the sweep runs the batched methods one sample at a time in this mode
+(``UPCAST_BATCH`` in `cnnviz.sweep.probe`).
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import make_model
 
+import cnnviz
 from cnnviz.sweep import upcast
-from cnnviz.sweep.probe import probe
+from cnnviz.sweep.probe import SWEEP_PARAMS, probe
 from cnnviz.sweep.upcast import FLOAT32_COMPUTE, Float32Compute, freeze
 
 
@@ -76,13 +77,26 @@ def test_in_place_writes_reach_the_tensor_itself():
 
 
 def test_the_probe_runs_bfloat16_with_float32_arithmetic_where_the_cpu_lacks_it(monkeypatch):
+    asked: list[dict] = []
+    explain = cnnviz.explain
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["params"])
+        return explain(*args, **kwargs)
+
+    monkeypatch.setattr(cnnviz, "explain", spy)
     monkeypatch.setattr("cnnviz.sweep.probe.fast_bfloat16", lambda: False)
     row = probe("test_vit", dtype=torch.bfloat16)
     methods = [k for k in row if f"{k}_note" in row]
     assert row["dtype"] == f"bfloat16 {FLOAT32_COMPUTE}"
     assert all(row[m] in ("ok", "refused") for m in methods) and row["grad_cam"] == "ok", row
+    # float32 activations beside the weights: the batched methods push one sample at a time
+    assert asked and all(p["batch_size"] == 1 for params in asked for p in params.values())
+    assert {m for params in asked for m in params} == set(SWEEP_PARAMS)
+    asked.clear()
     monkeypatch.setattr("cnnviz.sweep.probe.fast_bfloat16", lambda: True)
     assert probe("test_vit", dtype=torch.bfloat16)["dtype"] == "bfloat16"
+    assert asked == [SWEEP_PARAMS]  # their own batches where the arithmetic stays bfloat16
 
 
 def test_fast_bfloat16_without_onednn_reads_the_vector_unit(monkeypatch):
