@@ -193,11 +193,12 @@ def _facts(rows: list[dict[str, str]], ids: list[str]) -> list[str]:
             "CAM exactness is judged at bfloat16 precision, which can refuse CAM on a head that is "
             "exact in float32."
         )
-    upcast = [f"{r['name']} ({r['dtype']})" for r in rows if FLOAT32_COMPUTE in r["dtype"]]
+    upcast = [r["name"] for r in rows if FLOAT32_COMPUTE in r["dtype"]]
     if upcast:
         lines.append(
             "- Of those, run with float32 arithmetic over the bfloat16 weights, on a CPU without a "
-            f"bfloat16 matmul of its own (`cnnviz/sweep/upcast.py`): {', '.join(upcast)}."
+            f"bfloat16 matmul of its own (`cnnviz/sweep/upcast.py`): {', '.join(upcast)} (their "
+            "`dtype` cell says for which methods)."
         )
     return [*lines, ""]
 

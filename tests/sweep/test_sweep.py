@@ -315,7 +315,7 @@ def test_summary_of_a_partial_csv(tmp_path):
     assert "| fam2 | 1 | tokens 1 | 0 | 0 | 1 |" in md
     assert "largest relative error 3.0e-03 in bfloat16;" in md  # with float32 arithmetic too
     assert "- Run in bfloat16 (too large for the memory cap in float32): net_c;" in md
-    assert "bfloat16 matmul of its own (`cnnviz/sweep/upcast.py`): net_c (bfloat16 (float32 compute))." in md
+    assert "bfloat16 matmul of its own (`cnnviz/sweep/upcast.py`): net_c (their `dtype` cell" in md
 
 
 # ---------------------------------------------------------------- building and checking one model
