@@ -95,3 +95,18 @@ def test_the_model_is_left_as_it_was_after_success_and_failure(monkeypatch):
             cnnviz.explain(model, x, [mid], params={mid: SMALL[mid]})
         monkeypatch.undo()
         assert_same_state(before, model_state(model))
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_vit"])
+def test_the_batch_size_does_not_change_a_result(name):
+    """The noise, the path and the masks are drawn for the whole call, not per batch: the sweep
+    relies on it when it runs these methods one sample at a time under float32 compute."""
+    model = make_model(name)
+    x = input_for(model, batch=2)
+    wide = {**SMALL, "score_cam": {"max_channels": 5, "batch_size": 5}}
+    one = {m: {**p, "batch_size": 1} for m, p in wide.items()}
+    methods = [*NEW, "score_cam"]
+    a = cnnviz.explain(model, x, methods, target=[3, 8], params=wide)
+    b = cnnviz.explain(model, x, methods, target=[3, 8], params=one)
+    for mid in methods:
+        assert _close(b[mid].raw, a[mid].raw), mid
